@@ -1,0 +1,151 @@
+"""Records that cross module boundaries: one interleaved token sequence per episode.
+
+A :class:`Trajectory` is what the rollout engine produces, what the teacher scores, what the
+trainer turns into tensors and what ``reopold-agent replay`` shows. Every per-token list has the
+same length ``T`` (the episode's token count). Conventions:
+
+* ``source[t]`` says where token ``t`` came from (:class:`TokenSource`). Only ``model`` tokens
+  were sampled by the student; everything else (prompt, tool output, image placeholders,
+  padding) was templated by the engine.
+* ``loss_mask[t]`` is 1 exactly on ``model`` tokens. Nothing else carries reward or counts in a
+  normaliser.
+* Per-token float fields hold ``None`` where a value is undefined (``logprobs`` outside model
+  tokens, ``teacher_logprobs[0]``) or not computed yet (no teacher scores). Readers must treat
+  ``None`` as "absent", never as zero.
+
+The on-disk format (JSON Lines, one episode per line) is documented in ``docs/trajectory-format.md``
+and implemented in :mod:`reopold_agent.trajectory_io`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Version of the trajectory record; bumped on any incompatible change of fields."""
+
+
+class TokenSource(str, enum.Enum):
+    """Where a token of an episode came from."""
+
+    PROMPT = "prompt"
+    """System and user messages, and chat-template boundary tokens around them."""
+    MODEL = "model"
+    """Sampled by the student (the only tokens with loss mask 1)."""
+    TOOL = "tool"
+    """Tool-response messages appended by the engine, with their template boundaries."""
+    IMAGE = "image"
+    """Image placeholder tokens (vision-language models)."""
+    PAD = "pad"
+    """Padding added when episodes are batched."""
+
+
+class EndReason(str, enum.Enum):
+    """Why an episode stopped."""
+
+    ANSWERED = "answered"
+    """The environment terminated the episode (a final answer was given)."""
+    TURN_LIMIT = "turn_limit"
+    """The environment's tool-round cap was reached (gymnasium ``truncated``)."""
+    TURN_TOKEN_BUDGET = "turn_token_budget"
+    """A single assistant turn hit its token budget."""
+    EPISODE_TOKEN_BUDGET = "episode_token_budget"
+    """The whole episode hit its token budget."""
+    ENV_ERROR = "env_error"
+    """The environment itself failed; recorded as data so the batch goes on."""
+
+
+@dataclass
+class ImageRecord:
+    """An image that appears in an episode (prompt image or tool output)."""
+
+    path: str
+    """File path, relative to the run directory (images are stored once per run)."""
+    token_start: int
+    """Index of the first image placeholder token in ``Trajectory.token_ids``."""
+    token_end: int
+    """One past the last placeholder token."""
+    grid_thw: list[int] | None = None
+    """Vision-encoder patch grid (temporal, height, width) used to recompute the forward."""
+
+
+@dataclass
+class Trajectory:
+    """One multi-turn episode as a single interleaved token sequence (T tokens)."""
+
+    token_ids: list[int]
+    """[T] token ids, exactly as sampled or templated (never re-tokenised)."""
+    source: list[str]
+    """[T] :class:`TokenSource` value of each token."""
+    turn: list[int]
+    """[T] turn index: 0 for the opening prompt, then 1, 2, ... per assistant turn; tool
+    tokens share the index of the assistant turn that called them."""
+    loss_mask: list[int]
+    """[T] 1 exactly on model-generated tokens, else 0."""
+    logprobs: list[float | None]
+    """[T] behaviour log-prob of each model token under the sampling student (pre-warping);
+    None elsewhere. Filled by the rollout engine."""
+    messages: list[dict[str, Any]]
+    """Chat messages of the episode (system, user, assistant, tool), for display."""
+    reward: float = 0.0
+    """Outcome reward from the environment's verifier at episode end."""
+    truncated: bool = False
+    """True when the episode ended for any reason other than a final answer."""
+    end_reason: str = EndReason.ANSWERED.value
+    """:class:`EndReason` value."""
+    tool_errors: int = 0
+    """Number of malformed or failed tool calls in the episode."""
+    tool_calls: int = 0
+    """Number of tool calls the student made."""
+    task: str = ""
+    """Task name (``tool_math``, ``code``, ...)."""
+    prompt_id: str = ""
+    """Identifier of the task item; rollouts of the same prompt share it."""
+    sample_index: int = 0
+    """Index g of this rollout among the G samples of its prompt."""
+    step: int = 0
+    """Training step that produced the episode (-1 for evaluation or gold data)."""
+    teacher_logprobs: list[float | None] | None = None
+    """[T] teacher log-prob of each token given its prefix; None at position 0 or if unscored."""
+    entropy: list[float | None] | None = None
+    """[T] student next-token entropy (nats) at each model token; None elsewhere or if not
+    computed."""
+    images: list[ImageRecord] = field(default_factory=list)
+    """Images of the episode with their placeholder token spans."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Free-form numbers and text from the environment (answers, verifier details)."""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        lengths = {
+            "source": len(self.source),
+            "turn": len(self.turn),
+            "loss_mask": len(self.loss_mask),
+            "logprobs": len(self.logprobs),
+        }
+        if self.teacher_logprobs is not None:
+            lengths["teacher_logprobs"] = len(self.teacher_logprobs)
+        if self.entropy is not None:
+            lengths["entropy"] = len(self.entropy)
+        bad = {k: v for k, v in lengths.items() if v != n}
+        if bad:
+            raise ValueError(f"trajectory per-token fields must have length {n} (token_ids); got {bad}")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_model_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def check_masks(self) -> None:
+        """Raise ValueError unless loss_mask is 1 exactly on model tokens."""
+        for t, (src, m) in enumerate(zip(self.source, self.loss_mask)):
+            if (src == TokenSource.MODEL.value) != (m == 1):
+                raise ValueError(
+                    f"token {t} has source {src!r} but loss_mask {m}: only model tokens carry loss"
+                )

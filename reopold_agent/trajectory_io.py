@@ -1,0 +1,147 @@
+"""JSON Lines storage of :class:`~reopold_agent.trajectory.Trajectory` records.
+
+One episode per line, a JSON object whose keys are the dataclass fields (documented in
+``docs/trajectory-format.md``). Floats are written with Python's shortest round-trip repr, so a
+write/read cycle is exact; undefined per-token values are ``null``; non-finite floats are
+written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` so every line is strict
+JSON that other tools can read.
+
+Reading never stops at a bad line: :func:`read_trajectories` returns the records it could parse
+plus a :class:`LineError` (path, line number, reason) for each line it skipped, so a corrupt
+line or a run still being written (last line cut short) can still be opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .trajectory import SCHEMA_VERSION, ImageRecord, Trajectory
+
+_FLOAT_LISTS = ("logprobs", "teacher_logprobs", "entropy")
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A line of a trajectory file that could not be read."""
+
+    path: str
+    line: int
+    """1-based line number."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def trajectory_to_json(traj: Trajectory) -> str:
+    """Serialise one trajectory to a single line of strict JSON (no trailing newline)."""
+    record = dataclasses.asdict(traj)
+    for key in _FLOAT_LISTS:
+        if record[key] is not None:
+            record[key] = [_encode_float(v) for v in record[key]]
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def trajectory_from_json(line: str) -> Trajectory:
+    """Parse one line written by :func:`trajectory_to_json`.
+
+    Raises:
+        ValueError: the line is not JSON, misses required fields, or has a newer schema.
+    """
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError("a trajectory line must be a JSON object")
+    version = record.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {version!r} is newer than this reader ({SCHEMA_VERSION})")
+    for key in _FLOAT_LISTS:
+        if record.get(key) is not None:
+            record[key] = [_decode_float(v) for v in record[key]]
+    record["images"] = [ImageRecord(**img) for img in record.get("images", [])]
+    known = {f.name for f in dataclasses.fields(Trajectory)}
+    unknown = set(record) - known
+    if unknown:
+        # Fields from a newer minor writer are kept visible rather than dropped silently.
+        record.setdefault("info", {})["unknown_fields"] = {k: record.pop(k) for k in sorted(unknown)}
+    try:
+        return Trajectory(**record)
+    except TypeError as exc:
+        raise ValueError(f"missing or wrong fields: {exc}") from None
+
+
+def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], *, append: bool = True) -> int:
+    """Write trajectories to ``path`` (appending by default); returns how many were written.
+
+    Each line is written whole and flushed, so a reader of a run in progress sees complete
+    lines plus at most one partial last line.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "a" if append else "w", encoding="utf-8") as fh:
+        for traj in trajectories:
+            fh.write(trajectory_to_json(traj) + "\n")
+            count += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    return count
+
+
+def iter_trajectories(path: str | Path) -> Iterator[Trajectory | LineError]:
+    """Yield each line of ``path`` as a Trajectory, or a LineError for a line that fails."""
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield trajectory_from_json(line)
+            except ValueError as exc:
+                cut = "" if line.endswith("\n") else " (last line cut short: file still being written?)"
+                yield LineError(str(path), number, f"{exc}{cut}")
+
+
+def read_trajectories(path: str | Path) -> tuple[list[Trajectory], list[LineError]]:
+    """Read every readable trajectory of ``path``; returns (trajectories, skipped lines)."""
+    good: list[Trajectory] = []
+    bad: list[LineError] = []
+    for item in iter_trajectories(path):
+        (bad if isinstance(item, LineError) else good).append(item)
+    return good, bad
+
+
+def _encode_float(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _decode_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in _NONFINITE:
+            raise ValueError(f"bad float value {value!r}")
+        return _NONFINITE[value]
+    return float(value)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "value"):  # enums
+        return obj.value
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__} in a trajectory")
