@@ -1,0 +1,118 @@
+"""Trajectories in, padded training tensors out (pure transformation, no models).
+
+Every row keeps the index of the trajectory it came from (``traj_index_B``), so a training
+number can always be traced back to the episode and token that produced it. ``valid_BT`` is the
+trajectory's loss mask restricted to real tokens past position 0: prompt, tool, image and
+padding tokens are never valid, whatever ids they hold (a pad id equal to eos does not matter).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .trajectory import Trajectory
+
+
+@dataclass
+class TrainBatch:
+    """B trajectories right-padded to T tokens."""
+
+    input_ids_BT: Tensor
+    """[B, T] long token ids; padding holds ``pad_token_id``."""
+    attention_mask_BT: Tensor
+    """[B, T] long, 1 on real tokens."""
+    valid_BT: Tensor
+    """[B, T] bool, True exactly on model-generated tokens (loss mask 1)."""
+    old_logprobs_BT: Tensor
+    """[B, T] float32 behaviour log-probs; 0 where not valid."""
+    teacher_logprobs_BT: Tensor
+    """[B, T] float32 teacher log-probs; 0 where not valid."""
+    behaviour_entropy_BT: Tensor
+    """[B, T] float32 student entropy recorded at sampling time; 0 where not valid."""
+    rewards_B: Tensor
+    """[B] float32 outcome rewards."""
+    advantages_B: Tensor
+    """[B] float32 group-normalised outcome advantages (GRPO)."""
+    traj_index_B: Tensor
+    """[B] long index of each row's trajectory in the list given to :func:`collate`."""
+
+    @property
+    def num_rows(self) -> int:
+        return self.input_ids_BT.shape[0]
+
+    def select(self, rows: Tensor | list[int]) -> "TrainBatch":
+        """Sub-batch of the given rows, trimmed to the longest real sequence among them."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        width = int(self.attention_mask_BT[rows].sum(-1).max())
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)[rows]
+            out[f.name] = value[:, :width] if f.name.endswith("_BT") else value
+        return TrainBatch(**out)
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teacher: bool = True) -> TrainBatch:
+    """Stack trajectories into a :class:`TrainBatch`.
+
+    Raises:
+        ValueError: a trajectory's loss mask covers a non-model token, or (with
+            ``require_teacher``) a valid token has no finite teacher or behaviour log-prob.
+    """
+    if not trajectories:
+        raise ValueError("cannot collate an empty list of trajectories")
+    B, T = len(trajectories), max(t.num_tokens for t in trajectories)
+    ids = torch.full((B, T), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    valid = torch.zeros((B, T), dtype=torch.bool)
+    old, teacher, ent = (torch.zeros((B, T)) for _ in range(3))
+    for b, traj in enumerate(trajectories):
+        traj.check_masks()
+        n = traj.num_tokens
+        ids[b, :n] = torch.tensor(traj.token_ids, dtype=torch.long)
+        attn[b, :n] = 1
+        valid[b, 1:n] = torch.tensor(traj.loss_mask[1:], dtype=torch.bool)
+        positions = valid[b].nonzero().flatten().tolist()
+        old[b, positions] = _values(traj.logprobs, positions, "logprobs", b)
+        if traj.entropy is not None:
+            ent[b, positions] = _values(traj.entropy, positions, "entropy", b, allow_missing=True)
+        if require_teacher:
+            if traj.teacher_logprobs is None:
+                raise ValueError(f"trajectory {b} ({traj.prompt_id}) has no teacher scores")
+            teacher[b, positions] = _values(traj.teacher_logprobs, positions, "teacher_logprobs", b)
+    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
+    return TrainBatch(ids, attn, valid, old, teacher, ent, rewards,
+                      group_advantages(trajectories), torch.arange(B))
+
+
+def group_advantages(trajectories: list[Trajectory], eps: float = 1e-6) -> Tensor:
+    """[B] (reward - group mean) / (group std + eps), groups keyed by (step, prompt_id)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, traj in enumerate(trajectories):
+        groups[(traj.step, traj.prompt_id)].append(i)
+    adv = torch.zeros(len(trajectories))
+    for rows in groups.values():
+        r = torch.tensor([trajectories[i].reward for i in rows], dtype=torch.float32)
+        std = r.std(unbiased=False) if len(rows) > 1 else torch.tensor(0.0)
+        adv[rows] = (r - r.mean()) / (std + eps)
+    return adv
+
+
+def _values(seq, positions, name, row, allow_missing=False) -> Tensor:
+    out = []
+    for t in positions:
+        v = seq[t]
+        if v is None or not math.isfinite(v):
+            if allow_missing and v is None:
+                v = 0.0
+            else:
+                raise ValueError(f"trajectory {row}: {name}[{t}] is {v!r} on a model token")
+        out.append(v)
+    return torch.tensor(out, dtype=torch.float32)

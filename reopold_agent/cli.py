@@ -1,0 +1,137 @@
+"""``reopold-agent``: the command line, and the only place that wires components together.
+
+Commands: ``train`` (on-policy distillation), ``sft`` (supervised cold start), ``eval``
+(accuracy, pass@k, maj@k), ``envs`` (list environments and their tools). Bad flags, unknown
+config keys, missing files and models that cannot be loaded end with a one-line message on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config_loading import ConfigError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reopold-agent",
+        description="Relaxed On-Policy Distillation (REOPOLD) of tool-using agents.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="distill a teacher into a student on a tool task")
+    _add_run_flags(train)
+    train.add_argument("--objective", choices=["reopold", "rkl", "rkl_sg", "grpo", "sft"],
+                       help="loss to optimise (default from the preset: reopold)")
+    train.add_argument("--steps", type=int, help="training steps")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+
+    sft = sub.add_parser("sft", help="supervised cold start of a student on gold trajectories")
+    _add_run_flags(sft)
+    sft.add_argument("--steps", type=int, default=500, help="supervised steps (default 500)")
+    sft.add_argument("--data", help="JSONL trajectories to imitate (default: the task's gold trajectories)")
+
+    ev = sub.add_parser("eval", help="evaluate a student: accuracy, pass@k, maj@k, tokens/s")
+    _add_run_flags(ev)
+    ev.add_argument("--num-problems", type=int, help="held-out problems (default from the preset)")
+    ev.add_argument("--samples", type=int, help="sampled attempts per problem (k)")
+
+    envs = sub.add_parser("envs", help="list available environments and their tools")
+    envs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="tool_math", help="task preset from configs/ (default tool_math)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--env", metavar="ID", help="gymnasium id of the environment, e.g. my_pkg.envs:MyEnv-v0")
+    p.add_argument("--student", metavar="PATH_OR_ID", help="student model (default: the task's embedded tiny model)")
+    p.add_argument("--teacher", metavar="PATH_OR_ID", help="teacher model (default: the task's embedded tiny model)")
+    p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<task>)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "envs":
+            from .commands import list_envs_command
+
+            return list_envs_command(json_output=args.json)
+        from .commands import eval_command, sft_command, train_command
+
+        config = resolve_config(args)
+        if args.command == "train":
+            return train_command(config, resume=args.resume, cache_dir=default_cache_dir())
+        if args.command == "sft":
+            return sft_command(config, steps=args.steps, data=args.data, cache_dir=default_cache_dir())
+        return eval_command(config, cache_dir=default_cache_dir())
+    except (ConfigError, UsageError) as exc:
+        print(f"reopold-agent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset for ``--task``, then ``--config`` files, then dedicated flags, then ``--set``."""
+    from .config_loading import deep_merge, from_dict, load_yaml, parse_override, set_nested
+    from .train_config import TrainConfig
+
+    data = load_yaml(preset_path(args.task))
+    for path in args.config:
+        data = deep_merge(data, load_yaml(path))
+    flags = {
+        "task.env_id": args.env, "model.student": args.student, "model.teacher": args.teacher,
+        "output_dir": args.output_dir, "objective.name": getattr(args, "objective", None),
+        "train.steps": getattr(args, "steps", None) if args.command == "train" else None,
+        "eval.num_problems": getattr(args, "num_problems", None),
+        "eval.samples": getattr(args, "samples", None),
+    }
+    for key, value in flags.items():
+        if value is not None:
+            set_nested(data, key.split("."), value)
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        set_nested(data, keys, value)
+    data.setdefault("task", {}).setdefault("name", args.task)
+    data.setdefault("output_dir", f"runs/{args.task}")
+    return from_dict(TrainConfig, data)
+
+
+def preset_path(task: str) -> Path:
+    """``configs/<task>.yaml`` shipped with the package."""
+    from importlib import resources
+
+    root = resources.files("reopold_agent.configs")
+    path = root / f"{task}.yaml"
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+        raise UsageError(f"no preset for task {task!r} (known presets: {', '.join(known)}); "
+                         "use --config FILE for your own")
+    return Path(str(path))
+
+
+def default_cache_dir() -> Path:
+    """Where embedded tiny models are built once: $REOPOLD_AGENT_CACHE or ~/.cache/reopold_agent."""
+    root = os.environ.get("REOPOLD_AGENT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "reopold_agent")
+    return Path(root)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

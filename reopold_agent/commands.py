@@ -1,0 +1,231 @@
+"""The bodies of the CLI commands: build components from a config and run them.
+
+Kept apart from :mod:`reopold_agent.cli` (argument parsing) so that tests and scripts can call
+``train_command(config)`` directly. Problems the user can fix raise ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import UsageError
+from .config_loading import to_dict
+from .train_config import TrainConfig
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load tokenizer from {path!r}: {_first_line(exc)}") from None
+
+
+def load_causal_lm(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: bool = False) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with a one-line error naming the role and path."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load {role} model {path!r}: {_first_line(exc)}") from None
+
+
+def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: bool = True) -> tuple[str, str | None]:
+    """(student, teacher) paths; the task's embedded tiny models fill in what is not named."""
+    student, teacher = config.model.student, config.model.teacher
+    if student is None or (teacher is None and need_teacher):
+        from .embedded import ensure_embedded_models
+
+        built = ensure_embedded_models(config.task.name, cache_dir, log=_log)
+        student = student or str(built.student)
+        teacher = teacher or str(built.teacher)
+    return student, teacher
+
+
+def model_dtypes(config: TrainConfig) -> tuple[torch.dtype, torch.dtype, str]:
+    """(student param dtype, teacher dtype, accelerate mixed precision)."""
+    name = config.model.dtype
+    if name == "auto":
+        name = "bfloat16" if torch.cuda.is_available() else "float32"
+    low = getattr(torch, name)
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(name, "no")
+    return torch.float32, low, mixed
+
+
+def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
+    from .envs.registry import make_env
+    from .tasks.spec import TASKS
+
+    env_id = config.task.env_id
+    if env_id is None:
+        if config.task.name not in TASKS:
+            raise UsageError(f"unknown task {config.task.name!r}; pass --env module:Env-v0 or one of {sorted(TASKS)}")
+        env_id = TASKS[config.task.name].env_id
+    kwargs = {**config.task.env_kwargs, "split": split, "sandbox": sandbox}
+
+    def factory():
+        return make_env(env_id, **kwargs)
+
+    try:
+        factory().close()
+    except (KeyError, ValueError, ImportError, ModuleNotFoundError, TypeError) as exc:
+        raise UsageError(f"cannot make environment {env_id!r}: {_first_line(exc)}") from None
+    return factory
+
+
+def build_sandbox(config: TrainConfig) -> Any:
+    import os
+
+    from .sandbox import SandboxUnavailable, make_sandbox
+
+    try:
+        return make_sandbox(config.sandbox, env=os.environ)
+    except SandboxUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+
+def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
+    from accelerate import Accelerator
+
+    from .progress import TrainProgress
+    from .rollout.engine import RolloutEngine
+    from .rollout.hf_backend import HFGenerationBackend
+    from .run_logging import RunLogger
+    from .teacher import TeacherScorer, check_vocabularies
+    from .trainer import Trainer, TrainerParts
+
+    if config.train.torch_threads:
+        torch.set_num_threads(config.train.torch_threads)
+    need_teacher = config.objective.name != "grpo"
+    student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher)
+    param_dtype, low_dtype, mixed = model_dtypes(config)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
+    tokenizer = load_tokenizer(student_path)
+    student = load_causal_lm(student_path, dtype=param_dtype, role="student",
+                             trust_remote_code=config.model.trust_remote_code)
+    if config.model.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    teacher = None
+    if need_teacher:
+        teacher_model = load_causal_lm(teacher_path, dtype=low_dtype, role="teacher",
+                                       trust_remote_code=config.model.trust_remote_code)
+        teacher_tok = load_tokenizer(teacher_path)
+        check_vocabularies(tokenizer, teacher_tok, teacher_model, student)
+        teacher = TeacherScorer(teacher_model.to(accelerator.device), pad_token_id=tokenizer.pad_token_id,
+                                batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    warm = config.train.warmup_steps * config.train.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    sandbox = build_sandbox(config)
+    backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id)
+    engine = RolloutEngine(backend, tokenizer, config.rollout)
+    logger = RunLogger(config.output_dir)
+    resolved = dataclasses.replace(config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path))
+    if accelerator.is_main_process:
+        logger.save_config(to_dict(resolved))
+    parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
+                         make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval"),
+                         logger, accelerator)
+    with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
+        trainer = Trainer(config, parts, on_step=progress.update)
+        final = trainer.train(resume=resume)
+    if accelerator.is_main_process:
+        _print_summary(config.output_dir, final)
+    sandbox.close()
+    return 0
+
+
+def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
+    from .evaluation import evaluate
+    from .rollout.engine import RolloutEngine
+    from .rollout.hf_backend import HFGenerationBackend
+
+    student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
+    tokenizer = load_tokenizer(student_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, low, _ = model_dtypes(config)
+    model = load_causal_lm(student_path, dtype=low, role="student").to(device)
+    sandbox = build_sandbox(config)
+    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id), tokenizer, config.rollout)
+    metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
+                          samples=config.eval.samples, greedy=config.eval.greedy,
+                          batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)
+    print(json.dumps({"model": student_path, **metrics}, indent=2))
+    sandbox.close()
+    return 0
+
+
+def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
+    from .embedded import gold_conversations
+    from .supervised import SupervisedConfig, supervised_train, tokenize_conversation
+
+    student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
+    tokenizer = load_tokenizer(student_path)
+    model = load_causal_lm(student_path, dtype=torch.float32, role="student")
+    if data is not None:
+        conversations = _conversations_from_file(data)
+    else:
+        conversations = gold_conversations(config.task.name, count=2000, seed=config.train.seed)
+    examples = [tokenize_conversation(tokenizer, c) for c in conversations]
+    sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10))
+    loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id,
+                            on_step=lambda s, l: _log(f"sft step {s + 1}/{steps} loss {l:.4f}") if (s + 1) % 50 == 0 else None)
+    out = Path(config.output_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _log(f"saved the fine-tuned student to {out} (final loss {loss:.4f})")
+    return 0
+
+
+def list_envs_command(*, json_output: bool) -> int:
+    from .envs.registry import list_envs
+
+    infos = list_envs()
+    if json_output:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2, default=str))
+        return 0
+    for info in infos:
+        print(f"{info.env_id}  ({info.entry_point})")
+        for tool in info.tools:
+            print(f"    {tool}")
+    return 0
+
+
+def _conversations_from_file(path: str) -> list[list[dict]]:
+    from .trajectory_io import read_trajectories
+
+    try:
+        trajs, errors = read_trajectories(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    for err in errors:
+        _log(f"skipped {err}")
+    if not trajs:
+        raise UsageError(f"{path} holds no readable trajectories")
+    return [t.messages for t in trajs if t.reward >= 1.0] or [t.messages for t in trajs]
+
+
+def _print_summary(run_dir: str, final: dict[str, float]) -> None:
+    keys = [k for k in final if k.startswith("eval/")]
+    shown = {k: round(v, 4) for k, v in final.items() if k in keys and isinstance(v, float) and math.isfinite(v)}
+    _log(f"run directory: {run_dir}")
+    if shown:
+        _log("final evaluation: " + json.dumps(shown))
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,152 @@
+"""The embedded offline default: a tiny teacher and a weaker tiny student, built once and cached.
+
+With no model named, ``reopold-agent train --task tool_math`` needs a teacher that solves the
+task with its tool and a student that does not yet. Both are built here from nothing, offline and
+deterministically: a byte-level BPE tokenizer trained on rendered gold conversations, then two
+Qwen3-style models of different sizes (a real capacity gap, as in the paper) fine-tuned on gold
+trajectories for different budgets. The result is cached under
+``<cache_dir>/embedded/<task>-<hash of the recipe and library versions>/{teacher,student}``;
+building happens once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .supervised import SupervisedConfig, supervised_train, tokenize_conversation
+from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer
+from .tool_protocol import assistant_text
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EmbeddedRecipe:
+    """How the embedded teacher and student of a task are built."""
+
+    task: str
+    teacher_spec: TinyLMSpec
+    student_spec: TinyLMSpec
+    teacher_sft: SupervisedConfig
+    student_sft: SupervisedConfig
+    num_conversations: int = 4000
+    """Gold train conversations used for the tokenizer and for fine-tuning."""
+    vocab_size: int = 512
+    seed: int = 0
+
+
+RECIPES: dict[str, EmbeddedRecipe] = {
+    "tool_math": EmbeddedRecipe(
+        task="tool_math",
+        teacher_spec=TINY_SPECS["micro"],
+        student_spec=TINY_SPECS["nano"],
+        teacher_sft=SupervisedConfig(steps=1500, batch_size=32, lr=3e-3, warmup_steps=100, seed=1),
+        student_sft=SupervisedConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=50, seed=2),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedModels:
+    teacher: Path
+    student: Path
+
+
+def gold_conversations(task: str, *, count: int, seed: int = 0, split: str = "train") -> list[list[dict]]:
+    """``count`` gold conversations (system, user, assistant turns as raw text, tool results)."""
+    if task != "tool_math":
+        raise ValueError(f"no gold conversation generator wired for task {task!r}")
+    from .tasks import tool_math
+
+    out = []
+    for index in range(count):
+        item = tool_math.make_item(split, index, seed=seed)
+        turns = [
+            {"role": "assistant", "content": assistant_text(m)} if m["role"] == "assistant" else m
+            for m in tool_math.gold_turns(item)
+        ]
+        out.append(tool_math.prompt_messages(item) + turns)
+    return out
+
+
+def ensure_embedded_models(task: str, cache_dir: str | Path, *,
+                           log: Callable[[str], None] = print) -> EmbeddedModels:
+    """Paths of the task's embedded teacher and student, building them on first use."""
+    if task not in RECIPES:
+        raise ValueError(f"task {task!r} has no embedded default models; name them with --student and --teacher "
+                         f"(embedded defaults exist for: {', '.join(sorted(RECIPES))})")
+    recipe = RECIPES[task]
+    folder = Path(cache_dir) / "embedded" / f"{task}-{recipe_key(recipe)}"
+    models = EmbeddedModels(folder / "teacher", folder / "student")
+    if (folder / "COMPLETE").exists():
+        return models
+    log(f"building the embedded {task} teacher and student once (cached in {folder}) ...")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        report = build_embedded(recipe, tmp, log=log)
+        (tmp / "build.json").write_text(json.dumps(report, indent=2))
+        (tmp / "COMPLETE").write_text("")
+        if (folder / "COMPLETE").exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return models
+
+
+def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
+    """Build tokenizer, teacher and student into ``out_dir``; returns timings and losses."""
+    conversations = gold_conversations(recipe.task, count=recipe.num_conversations, seed=recipe.seed)
+    probe = build_tokenizer([""], vocab_size=recipe.vocab_size)
+    corpus = [probe.apply_chat_template(c, tokenize=False) for c in conversations]
+    tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size, seed=recipe.seed)
+    examples = [tokenize_conversation(tokenizer, c) for c in conversations]
+    report: dict = {"recipe": _recipe_dict(recipe), "vocab": len(tokenizer)}
+    for role, spec, sft, seed in (("teacher", recipe.teacher_spec, recipe.teacher_sft, recipe.seed + 11),
+                                  ("student", recipe.student_spec, recipe.student_sft, recipe.seed + 23)):
+        start = time.perf_counter()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = build_causal_lm(tokenizer, spec, seed=seed)
+            every = max(sft.steps // 5, 1)
+            loss = supervised_train(
+                model, examples, sft, pad_token_id=tokenizer.pad_token_id,
+                on_step=lambda s, l, role=role, n=sft.steps: log(f"  {role} sft {s + 1}/{n} loss {l:.3f}")
+                if (s + 1) % every == 0 else None,
+            )
+        model.save_pretrained(out_dir / role)
+        tokenizer.save_pretrained(out_dir / role)
+        seconds = time.perf_counter() - start
+        params = sum(p.numel() for p in model.parameters())
+        report[role] = {"params": params, "final_loss": loss, "seconds": seconds}
+        log(f"  {role}: {params:,} parameters, final loss {loss:.3f}, {seconds:.0f} s")
+    return report
+
+
+def recipe_key(recipe: EmbeddedRecipe) -> str:
+    import tokenizers
+    import transformers
+
+    blob = json.dumps({"recipe": _recipe_dict(recipe), "version": RECIPE_VERSION,
+                       "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
+                       "tokenizers": tokenizers.__version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _recipe_dict(recipe: EmbeddedRecipe) -> dict:
+    return json.loads(json.dumps(asdict(recipe), default=str))

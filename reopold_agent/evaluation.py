@@ -1,0 +1,88 @@
+"""Held-out evaluation: greedy and sampled accuracy, pass@k and maj@k on a fixed problem set.
+
+An episode counts as solved when its outcome reward is 1 (the task's verifier accepted the final
+answer). With k sampled attempts per problem: ``sampled_accuracy`` is the mean over attempts,
+``pass@k`` the fraction of problems solved at least once, ``maj@k`` the fraction whose most
+frequent final answer is correct.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from .rollout.engine import EpisodeRequest, RolloutEngine
+from .trajectory import Trajectory
+
+
+def evaluate(
+    engine: RolloutEngine,
+    make_env: Callable[[], Any],
+    indices: list[int],
+    *,
+    samples: int,
+    greedy: bool,
+    batch_episodes: int,
+    seed: int,
+    step: int = -1,
+) -> tuple[dict[str, float], list[Trajectory]]:
+    """Play the eval problems ``indices`` and return (metrics, trajectories).
+
+    ``engine`` provides the backend and budgets; a greedy copy (temperature 0) is made for the
+    greedy pass. Metric keys: ``eval/greedy_accuracy``, ``eval/sampled_accuracy``,
+    ``eval/pass@k``, ``eval/maj@k``, ``eval/tokens_per_second``, ``eval/num_problems``.
+    """
+    metrics: dict[str, float] = {"eval/num_problems": float(len(indices))}
+    all_trajs: list[Trajectory] = []
+    envs: list[Any] = []
+    tokens, start = 0, time.perf_counter()
+    if greedy:
+        greedy_engine = _with_sampling(engine, temperature=0.0)
+        trajs = _play(greedy_engine, make_env, envs, [(i, 0) for i in indices], batch_episodes, seed, step)
+        metrics["eval/greedy_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
+        all_trajs += trajs
+    if samples > 0:
+        jobs = [(i, g) for i in indices for g in range(samples)]
+        trajs = _play(engine, make_env, envs, jobs, batch_episodes, seed + 1, step)
+        by_problem: dict[str, list[Trajectory]] = {}
+        for t in trajs:
+            by_problem.setdefault(t.prompt_id, []).append(t)
+        metrics["eval/sampled_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
+        metrics[f"eval/pass@{samples}"] = _mean([any(t.reward >= 1.0 for t in g) for g in by_problem.values()])
+        metrics[f"eval/maj@{samples}"] = _mean([_majority_correct(g) for g in by_problem.values()])
+        all_trajs += trajs
+    tokens = sum(t.num_model_tokens for t in all_trajs)
+    metrics["eval/tokens_per_second"] = tokens / max(time.perf_counter() - start, 1e-9)
+    metrics["eval/tool_error_rate"] = _mean([t.tool_errors > 0 for t in all_trajs]) if all_trajs else 0.0
+    return metrics, all_trajs
+
+
+def _play(engine, make_env, envs, jobs, batch_episodes, seed, step) -> list[Trajectory]:
+    out: list[Trajectory] = []
+    for start in range(0, len(jobs), batch_episodes):
+        chunk = jobs[start:start + batch_episodes]
+        while len(envs) < len(chunk):
+            envs.append(make_env())
+        requests = [EpisodeRequest(seed=seed + i, options={"index": i}, sample_index=g) for i, g in chunk]
+        out += engine.run(envs[:len(chunk)], requests, seed=seed + start, step=step)
+    return out
+
+
+def _with_sampling(engine: RolloutEngine, **changes) -> RolloutEngine:
+    return RolloutEngine(engine.backend, engine.tokenizer, dataclasses.replace(engine.config, **changes))
+
+
+def _majority_correct(group: list[Trajectory]) -> bool:
+    answers = [t.info.get("outcome", {}).get("prediction") for t in group]
+    answers = [a for a in answers if a is not None]
+    if not answers:
+        return False
+    top, _ = Counter(map(str, answers)).most_common(1)[0]
+    return any(str(t.info.get("outcome", {}).get("prediction")) == top and t.reward >= 1.0 for t in group)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(map(float, values)) / len(values) if values else 0.0

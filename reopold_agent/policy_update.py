@@ -1,0 +1,119 @@
+"""One training step's policy update: mini-batches, micro-batches, objective, optimiser.
+
+The rollout batch is split into ``mini_batches`` optimiser steps; each mini-batch is processed
+in micro-batches of ``micro_batch_rows`` trajectories with gradient accumulation. REOPOLD's
+entropy threshold and loss normaliser are fixed over the configured scope (the mini-batch or the
+whole step, gathered across processes) *before* any micro-batch runs, so splitting a mini-batch
+into micro-batches never changes the loss (the micro-batch losses sum to the mini-batch loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .batching import TrainBatch
+from .objectives import ObjectiveInputs, entropy_threshold, get_objective, selected_token_count
+from .sequence_scoring import sequence_logprobs
+from .train_config import ObjectiveConfig, OptimConfig
+
+Gather = Callable[[Tensor], Tensor]
+"""Concatenates a 1-D tensor across processes (identity in a single process)."""
+
+
+def objective_config(settings: ObjectiveConfig, total_steps: int) -> Any:
+    """The config dataclass the chosen objective function expects."""
+    if settings.name == "reopold":
+        return dataclasses.replace(settings.reopold, switch_step=settings.switch_step(total_steps))
+    if settings.name in ("rkl", "rkl_sg"):
+        return settings.rkl
+    if settings.name == "grpo":
+        return settings.grpo
+    from .objectives import SftConfig
+
+    return SftConfig()
+
+
+def policy_update(
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    batch: TrainBatch,
+    *,
+    step: int,
+    settings: ObjectiveConfig,
+    optim: OptimConfig,
+    total_steps: int,
+    backward: Callable[[Tensor], None],
+    clip_grad: Callable[[float], Tensor],
+    gather: Gather = lambda x: x,
+    chunk_rows: int = 1024,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Run the optimiser steps of one training step on ``batch`` and return averaged stats."""
+    fn = get_objective(settings.name)
+    config = objective_config(settings, total_steps)
+    device = next(model.parameters()).device
+    order = torch.randperm(batch.num_rows, generator=generator) if optim.mini_batches > 1 else torch.arange(batch.num_rows)
+    totals: dict[str, list[float]] = defaultdict(list)
+    step_scope = _scope_values(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
+    for mini_rows in order.chunk(optim.mini_batches):
+        mini = batch.select(mini_rows)
+        if settings.entropy_source == "current":
+            mini.behaviour_entropy_BT = _current_entropy(model, mini, optim.micro_batch_rows, chunk_rows, device)
+        tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
+        for micro_rows in torch.arange(mini.num_rows).split(optim.micro_batch_rows):
+            micro = mini.select(micro_rows).to(device)
+            logp_BT, _ = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows)
+            inputs = ObjectiveInputs(
+                logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
+                teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
+                advantages=micro.advantages_B, entropy_threshold=tau, normalizer=norm,
+            )
+            loss, stats = fn(inputs, step=step, config=config)
+            backward(loss)
+            for key, value in stats.items():
+                totals[key].append(value)
+        totals["train/grad_norm"].append(float(clip_grad(optim.grad_clip)))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {key: sum(v) / len(v) for key, v in totals.items()}
+    out["objective/loss"] = sum(totals.get("objective/loss", [0.0]))  / max(optim.mini_batches, 1)
+    out["train/lr"] = float(scheduler.get_last_lr()[0])
+    return out
+
+
+def _scope_values(batch: TrainBatch, settings: ObjectiveConfig, config: Any, step: int,
+                  gather: Gather) -> tuple[Tensor | None, float]:
+    """(entropy threshold or None, loss normaliser) over ``batch`` and all processes."""
+    valid = batch.valid_BT
+    inputs = ObjectiveInputs(
+        logprobs=batch.old_logprobs_BT, loss_mask=valid, old_logprobs=batch.old_logprobs_BT,
+        teacher_logprobs=batch.teacher_logprobs_BT, entropy=batch.behaviour_entropy_BT,
+    )
+    if settings.name != "reopold":
+        return None, max(float(gather(valid.sum().reshape(1).float()).sum()), 1.0)
+    tau = None
+    if config.is_refinement(step):
+        entropies = gather(batch.behaviour_entropy_BT[valid].float())
+        tau = entropy_threshold(entropies[None, :], torch.ones_like(entropies[None, :], dtype=torch.bool), config.beta)
+        inputs = dataclasses.replace(inputs, entropy_threshold=tau)
+    count = gather(selected_token_count(inputs, step=step, config=config).reshape(1).float()).sum()
+    return tau, max(float(count), 1.0)
+
+
+@torch.no_grad()
+def _current_entropy(model, mini: TrainBatch, rows: int, chunk_rows: int, device) -> Tensor:
+    """Entropy of the current policy at every position (no gradient), [B, T] on CPU."""
+    out = torch.zeros_like(mini.behaviour_entropy_BT)
+    for micro_rows in torch.arange(mini.num_rows).split(rows):
+        micro = mini.select(micro_rows).to(device)
+        _, ent_BT = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT,
+                                      with_entropy=True, chunk_rows=chunk_rows)
+        out[micro_rows, : ent_BT.shape[1]] = ent_BT.cpu()
+    return out

@@ -1,0 +1,1 @@
+"""Multi-turn rollouts: generation backends and the episode engine."""

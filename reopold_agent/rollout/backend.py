@@ -1,0 +1,69 @@
+"""The generation-backend interface the rollout engine talks to.
+
+The engine hands a backend a batch of token-id prompts and gets back, for every row, the sampled
+continuation, the behaviour log-probs of the sampled tokens under the *unwarped* distribution
+(raw logits, temperature 1: the policy the objective's ratio refers to), the student's entropy
+at each sampled position, and why the row stopped. A new backend (vLLM, a remote server) is a new
+class implementing :class:`GenerationBackend`; the engine does not change.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one assistant turn."""
+
+    temperature: float = 1.0
+    """Softmax temperature for sampling (1.0 = the policy itself; 0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    stop_token_ids: tuple[int, ...] = ()
+    """A row stops right after sampling one of these (kept in its output)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a backend sampled for one row (N new tokens)."""
+
+    token_ids: list[int]
+    """[N] sampled ids, including the stop token if one was hit."""
+    logprobs: list[float]
+    """[N] log pi_old(token) under the raw (temperature-1, unfiltered) logits."""
+    entropy: list[float]
+    """[N] entropy (nats) of the raw next-token distribution at each sampled position."""
+    finish_reason: Literal["stop", "length"]
+    """"stop" when a stop token was sampled, "length" when the row's budget ran out."""
+
+
+class GenerationBackend(abc.ABC):
+    """Samples continuations of token-id prompts from the current student."""
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: list[int],
+        params: SamplingParams,
+        *,
+        seed: int,
+        extra_inputs: list[dict[str, Any] | None] | None = None,
+    ) -> list[Generation]:
+        """Sample one continuation per prompt.
+
+        Args:
+            prompts: B lists of token ids (full context so far, never re-tokenised).
+            max_new_tokens: [B] per-row budgets (>= 1).
+            params: sampling settings shared by the batch.
+            seed: seeds the sampling RNG so a resumed run reproduces its rollouts.
+            extra_inputs: per-row model inputs besides ids (e.g. image features), or None.
+        """
+
+    def sync_weights(self, model: Any) -> None:
+        """Load the trainer's current student weights (no-op for in-process backends)."""

@@ -1,0 +1,38 @@
+"""Settings of the rollout engine (the ``rollout:`` section of a run configuration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RolloutConfig:
+    """How episodes are sampled."""
+
+    group_size: int = 4
+    """G: rollouts per prompt."""
+    max_turn_tokens: int = 256
+    """Token budget of a single assistant turn."""
+    max_episode_tokens: int = 1024
+    """Token budget of the whole episode, prompt and tool outputs included."""
+    max_turns: int = 8
+    """Engine-side cap on assistant turns (the environment's tool-round cap usually fires first)."""
+    temperature: float = 1.0
+    """Sampling temperature (paper: 1.0; raising it adds tokens the teacher dislikes)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_at_tool_call_end: bool = True
+    """Stop a turn right after ``</tool_call>`` (one tool call per turn) besides end of turn."""
+    render_tools: bool = False
+    """Render tool schemas through the chat template's ``tools=``; off by default because the
+    built-in environments describe their tools in a short system prompt (the full JSON dump
+    doubles tiny-model prompts)."""
+    tool_workers: int = 32
+    """Threads running environment steps (tool calls) concurrently."""
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "max_turn_tokens", "max_episode_tokens", "max_turns", "tool_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")

@@ -1,0 +1,157 @@
+"""Generation with a Hugging Face transformers model: a batched decode loop over a KV cache.
+
+Why a hand loop rather than ``model.generate``: the loop reads the raw logits of every step (the
+behaviour log-prob and entropy must be those of the unwarped policy, not ``output_scores``,
+which are warped), gives every row its own token budget and stop set, and costs no more than
+``generate`` (measured anchors in the field notes: ~14k tok/s hand loop vs ~9.6k for default
+``generate`` on an H100).
+
+Prompts are left-padded; position ids are computed from the attention mask, so rows of different
+lengths are exact (a row's logits do not depend on the padding of others).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from .backend import Generation, GenerationBackend, SamplingParams
+
+
+class HFGenerationBackend(GenerationBackend):
+    """Samples from an in-process ``*ForCausalLM`` (the trainer's own student module).
+
+    Args:
+        model: the student; used in eval mode under ``torch.no_grad`` and restored afterwards.
+        pad_token_id: id fed for left padding and for rows that already stopped.
+        max_batch_rows: split larger batches into chunks of at most this many rows.
+    """
+
+    def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch_rows = max_batch_rows
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: list[int],
+        params: SamplingParams,
+        *,
+        seed: int,
+        extra_inputs: list[dict[str, Any] | None] | None = None,
+    ) -> list[Generation]:
+        if len(prompts) != len(max_new_tokens):
+            raise ValueError(f"{len(prompts)} prompts but {len(max_new_tokens)} budgets")
+        if extra_inputs is not None and any(x for x in extra_inputs):
+            raise NotImplementedError("HFGenerationBackend handles text prompts only")
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.max_batch_rows):
+            end = start + self.max_batch_rows
+            out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seed + start))
+        return out
+
+    @torch.no_grad()
+    def _generate_chunk(
+        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seed: int
+    ) -> list[Generation]:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._decode(prompts, budgets, params, seed, device)
+        finally:
+            self.model.train(was_training)
+
+    def _decode(self, prompts, budgets, params, seed, device) -> list[Generation]:
+        B = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids_BL = torch.full((B, width), self.pad_token_id, dtype=torch.long, device=device)
+        attn_BL = torch.zeros((B, width), dtype=torch.long, device=device)
+        for b, prompt in enumerate(prompts):
+            ids_BL[b, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            attn_BL[b, width - len(prompt):] = 1
+        pos_BL = (attn_BL.cumsum(-1) - 1).clamp(min=0)
+        budget_B = torch.tensor(budgets, device=device)
+        stop_ids = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        cache = _new_cache(self.model)
+
+        tokens, logps, ents = [], [], []
+        done_B = torch.zeros(B, dtype=torch.bool, device=device)
+        stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
+        step_ids, step_pos = ids_BL, pos_BL
+        for t in range(int(budget_B.max())):
+            logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache)
+            logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
+            next_B = _sample(logits_BV.float(), params, generator)
+            next_B = torch.where(done_B, torch.full_like(next_B, self.pad_token_id), next_B)
+            tokens.append(next_B)
+            logps.append(logp_BV.gather(-1, next_B[:, None]).squeeze(-1))
+            ents.append(-(logp_BV.exp() * logp_BV).sum(-1))
+            hit_stop_B = torch.isin(next_B, stop_ids) & ~done_B
+            stopped_B |= hit_stop_B
+            done_B |= hit_stop_B | (budget_B <= t + 1)
+            if bool(done_B.all()):
+                break
+            attn_BL = torch.cat([attn_BL, torch.ones_like(attn_BL[:, :1])], dim=1)
+            step_ids, step_pos = next_B[:, None], step_pos[:, -1:] + 1
+        return _collect(tokens, logps, ents, budgets, stopped_B, stop_ids)
+
+    def _forward_last(self, ids, attn, pos, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+            logits_to_keep=1, **{self._cache_kwarg: cache},
+        )
+        return out.logits[:, -1, :]
+
+
+def _new_cache(model: Any) -> DynamicCache:
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def _sample(logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """Sample one id per row from the temperature/top-k/top-p warped distribution."""
+    if params.temperature <= 0:
+        return logits_BV.argmax(-1)
+    logits_BV = logits_BV / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(logits_BV, min(params.top_k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits_BV, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token crossing top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits_BV = logits_BV.masked_fill(drop, float("-inf"))
+    probs_BV = logits_BV.softmax(-1)
+    return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+
+
+def _collect(tokens, logps, ents, budgets, stopped_B, stop_ids) -> list[Generation]:
+    ids_BN = torch.stack(tokens, 1).tolist()
+    logp_BN = torch.stack(logps, 1).tolist()
+    ent_BN = torch.stack(ents, 1).tolist()
+    stop_set = set(stop_ids.tolist())
+    out = []
+    for b, budget in enumerate(budgets):
+        n = budget
+        for i, tok in enumerate(ids_BN[b][:budget]):
+            if tok in stop_set:
+                n = i + 1
+                break
+        n = min(n, len(ids_BN[b]))
+        out.append(Generation(
+            token_ids=ids_BN[b][:n], logprobs=logp_BN[b][:n], entropy=ent_BN[b][:n],
+            finish_reason="stop" if bool(stopped_B[b]) else "length",
+        ))
+    return out

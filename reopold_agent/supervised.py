@@ -1,0 +1,119 @@
+"""Supervised fine-tuning on whole conversations (gold or teacher trajectories).
+
+Used for the cold start of a student (``reopold-agent sft``) and to build the embedded tiny
+teacher and student. The loss is token cross-entropy on the assistant tokens only, found with the
+chat template's ``{% generation %}`` markers (``return_assistant_tokens_mask``): system, user and
+tool tokens never carry loss, exactly as in distillation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .objectives import ObjectiveInputs, SftConfig, sft_objective
+from .sequence_scoring import sequence_logprobs
+
+
+@dataclass
+class SupervisedConfig:
+    """Settings of a supervised run."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    """Linear warm-up, then cosine decay to 10% of ``lr``."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("supervised steps and batch_size must be >= 1 and lr > 0")
+
+
+@dataclass
+class TokenizedConversation:
+    """One conversation as ids plus the mask of assistant tokens (T tokens)."""
+
+    input_ids: list[int]
+    """[T] ids of the templated conversation."""
+    assistant_mask: list[int]
+    """[T] 1 on tokens the assistant generated (content, tool calls, end-of-turn)."""
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]],
+                          tools: list[dict] | None = None) -> TokenizedConversation:
+    """Template ``messages`` and mark the assistant tokens.
+
+    Raises:
+        ValueError: the chat template has no ``{% generation %}`` markers (no assistant mask).
+    """
+    out = tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+    )
+    ids = list(out["input_ids"])
+    mask = list(out["assistant_masks"])
+    if not any(mask):
+        raise ValueError("chat template marks no assistant tokens; it needs {% generation %} blocks")
+    return TokenizedConversation(ids, mask)
+
+
+def supervised_train(
+    model: Any,
+    examples: list[TokenizedConversation],
+    config: SupervisedConfig,
+    *,
+    pad_token_id: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Train ``model`` on ``examples`` in place; returns the mean loss of the last 50 steps."""
+    if not examples:
+        raise ValueError("no supervised examples")
+    rng = random.Random(config.seed)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, config))
+    model.train()
+    recent: list[float] = []
+    for step in range(config.steps):
+        batch = [examples[rng.randrange(len(examples))] for _ in range(config.batch_size)]
+        ids, attn, mask = _pad(batch, pad_token_id)
+        logp, _ = sequence_logprobs(model, ids.to(device), attn.to(device))
+        loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(device)), step=step, config=SftConfig())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        recent = (recent + [float(loss)])[-50:]
+        if on_step is not None:
+            on_step(step, float(loss))
+    model.eval()
+    return sum(recent) / len(recent)
+
+
+def _warmup_cosine(step: int, config: SupervisedConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _pad(batch: list[TokenizedConversation], pad_token_id: int):
+    width = max(len(x.input_ids) for x in batch)
+    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for b, ex in enumerate(batch):
+        n = len(ex.input_ids)
+        ids[b, :n] = torch.tensor(ex.input_ids)
+        attn[b, :n] = 1
+        mask[b, :n] = torch.tensor(ex.assistant_mask, dtype=torch.bool)
+    mask[:, 0] = False
+    return ids, attn, mask

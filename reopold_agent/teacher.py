@@ -1,0 +1,89 @@
+"""Teacher scoring: the frozen teacher's log-probs on exactly the student's tokens.
+
+The teacher reads the very token ids the student produced, in the identical context (prompt,
+tool outputs and images included), never a re-tokenisation of the decoded text. Checks that run
+every time, because peers have shipped each of these bugs:
+
+* teacher and student must share one vocabulary (same token-to-id mapping), else a clear error
+  before any scoring (not a broadcast error deep inside the loss);
+* every student token id must exist in the teacher's embedding table;
+* the scored sequence has exactly the trajectory's length, and only loss-mask tokens count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .sequence_scoring import sequence_logprobs
+from .trajectory import Trajectory
+
+
+class VocabularyMismatch(ValueError):
+    """Teacher and student tokenizers map tokens to ids differently."""
+
+
+def check_vocabularies(student_tokenizer: Any, teacher_tokenizer: Any | None, teacher_model: Any,
+                       student_model: Any | None = None) -> None:
+    """Raise :class:`VocabularyMismatch` unless the teacher can score the student's ids."""
+    if teacher_tokenizer is not None:
+        s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        if s_vocab != t_vocab:
+            diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
+            raise VocabularyMismatch(
+                f"teacher and student tokenizers differ (student {len(s_vocab)} tokens, teacher "
+                f"{len(t_vocab)}; first differences {diff}); on-policy distillation needs one shared "
+                "vocabulary: pick a teacher from the student's model family"
+            )
+    n_tokens = len(student_tokenizer)
+    t_rows = teacher_model.get_input_embeddings().num_embeddings
+    if n_tokens > t_rows:
+        raise VocabularyMismatch(
+            f"student tokenizer has {n_tokens} tokens but the teacher's embedding has only {t_rows} rows"
+        )
+    if student_model is not None:
+        s_rows = student_model.get_input_embeddings().num_embeddings
+        if n_tokens > s_rows:
+            raise VocabularyMismatch(f"tokenizer has {n_tokens} tokens but the student's embedding has {s_rows}")
+
+
+class TeacherScorer:
+    """Fills ``teacher_logprobs`` of trajectories with a frozen teacher.
+
+    Args:
+        model: the teacher (put in eval mode, never trained).
+        pad_token_id: id used to right-pad rows (masked out by the attention mask).
+        batch_rows: trajectories per teacher forward.
+        chunk_rows: rows of the vocabulary projection computed at once.
+    """
+
+    def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.pad_token_id = pad_token_id
+        self.batch_rows = batch_rows
+        self.chunk_rows = chunk_rows
+
+    @torch.no_grad()
+    def score(self, trajectories: list[Trajectory]) -> None:
+        """Set ``traj.teacher_logprobs`` (None at position 0) for every trajectory, in place."""
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].num_tokens)
+        for start in range(0, len(order), self.batch_rows):
+            chunk = [trajectories[i] for i in order[start:start + self.batch_rows]]
+            width = max(t.num_tokens for t in chunk)
+            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for b, traj in enumerate(chunk):
+                ids[b, :traj.num_tokens] = torch.tensor(traj.token_ids)
+                attn[b, :traj.num_tokens] = 1
+            logp_BT, _ = sequence_logprobs(self.model, ids.to(device), attn.to(device), chunk_rows=self.chunk_rows)
+            logp_BT = logp_BT.cpu()
+            for b, traj in enumerate(chunk):
+                scored = logp_BT[b, :traj.num_tokens].tolist()
+                if len(scored) != traj.num_tokens or not torch.equal(ids[b, :traj.num_tokens],
+                                                                     torch.tensor(traj.token_ids)):
+                    raise RuntimeError(f"teacher scored {len(scored)} tokens for a {traj.num_tokens}-token trajectory")
+                traj.teacher_logprobs = [None] + scored[1:]

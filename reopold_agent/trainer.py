@@ -1,0 +1,194 @@
+"""The distillation loop: rollout -> teacher scoring -> batch -> objective -> optimiser -> logs.
+
+The trainer orchestrates and computes nothing itself: each stage is a call into a module tested
+on its own. Everything it needs (models, environments, accelerator, logger) is built by the
+caller (:mod:`reopold_agent.cli`) and passed in.
+
+Data order is a pure function of ``(train.seed, step)``: step k plays train items
+``k*P .. k*P+P-1`` with seeds derived from the step, so a resumed run replays exactly the
+prompts an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .batching import collate
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .evaluation import evaluate
+from .policy_update import policy_update
+from .rollout.engine import EpisodeRequest, RolloutEngine
+from .run_logging import RunLogger
+from .teacher import TeacherScorer
+from .train_config import TrainConfig
+from .trajectory import Trajectory
+
+
+@dataclass
+class TrainerParts:
+    """Components the trainer orchestrates (built by the CLI or a user script)."""
+
+    student: Any
+    """The student model (an ``accelerate``-prepared module when distributed)."""
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    engine: RolloutEngine
+    teacher: TeacherScorer | None
+    """None only for objectives that need no teacher (``grpo``)."""
+    make_train_env: Callable[[], Any]
+    make_eval_env: Callable[[], Any]
+    logger: RunLogger
+    accelerator: Any
+
+
+class Trainer:
+    """Runs ``config.train.steps`` steps of on-policy distillation."""
+
+    def __init__(self, config: TrainConfig, parts: TrainerParts, *,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.config = config
+        self.parts = parts
+        self.on_step = on_step or (lambda step, metrics: None)
+        self._train_envs: list[Any] = []
+        acc = parts.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+
+    def train(self, *, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
+        """Train from step 0 (or the latest checkpoint with ``resume``); returns the last metrics.
+
+        ``stop_after`` ends the session after that many steps (the run stays resumable).
+        """
+        cfg, parts = self.config, self.parts
+        start = self._resume() if resume else 0
+        if start == 0:
+            self._evaluate(0)
+        metrics: dict[str, float] = {}
+        for step in range(start, cfg.train.steps):
+            if stop_after is not None and step - start >= stop_after:
+                return metrics
+            metrics = self.train_step(step)
+            done = step + 1
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+                self._save(done)
+            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.steps:
+                metrics.update(self._evaluate(done))
+        parts.logger.close()
+        return metrics
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One step: play, score, update; logs and returns the step's metrics."""
+        cfg, parts = self.config, self.parts
+        t0 = time.perf_counter()
+        trajectories = self._rollout(step)
+        t1 = time.perf_counter()
+        if parts.teacher is not None:
+            parts.teacher.score(trajectories)
+        t2 = time.perf_counter()
+        batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
+                        require_teacher=parts.teacher is not None)
+        acc = parts.accelerator
+        stats = policy_update(
+            parts.student, parts.optimizer, parts.scheduler, batch,
+            step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
+            backward=acc.backward,
+            clip_grad=lambda max_norm: acc.clip_grad_norm_(parts.student.parameters(), max_norm),
+            gather=acc.gather if self.world > 1 else (lambda x: x),
+            chunk_rows=cfg.model.vocab_chunk_rows,
+            generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
+        )
+        t3 = time.perf_counter()
+        parts.engine.backend.sync_weights(parts.student)
+        metrics = {**stats, **rollout_metrics(trajectories)}
+        model_tokens = sum(t.num_model_tokens for t in trajectories)
+        metrics.update({
+            "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
+        })
+        if acc.is_main_process:
+            parts.logger.log_trajectories(f"step_{step:06d}", trajectories)
+            parts.logger.log_metrics(step, metrics)
+        self.on_step(step, metrics)
+        return metrics
+
+    def _rollout(self, step: int) -> list[Trajectory]:
+        cfg = self.config
+        P, G = cfg.train.prompts_per_step, cfg.rollout.group_size
+        mine = [p for p in range(P) if p % self.world == self.rank]
+        requests = [
+            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), options={"index": step * P + p}, sample_index=g)
+            for p in mine for g in range(G)
+        ]
+        while len(self._train_envs) < len(requests):
+            self._train_envs.append(self.parts.make_train_env())
+        return self.parts.engine.run(self._train_envs[:len(requests)], requests,
+                                     seed=_seed(cfg.train.seed, step, 10_000 + self.rank), step=step)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        cfg, parts = self.config, self.parts
+        if cfg.eval.num_problems <= 0 or not parts.accelerator.is_main_process:
+            return {}
+        metrics, trajs = evaluate(
+            parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
+            samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
+            seed=cfg.train.seed + 7, step=step,
+        )
+        parts.logger.log_trajectories(f"eval_{step:06d}", trajs)
+        parts.logger.log_metrics(step, metrics)
+        self.on_step(step, metrics)
+        return metrics
+
+    def _save(self, step: int) -> None:
+        parts = self.parts
+        acc = parts.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_checkpoint(parts.logger.run_dir, step, model=acc.unwrap_model(parts.student),
+                            tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                            extra={}, keep=self.config.train.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def _resume(self) -> int:
+        parts = self.parts
+        ckpt = latest_checkpoint(parts.logger.run_dir)
+        if ckpt is None:
+            return 0
+        from safetensors.torch import load_file
+
+        model = parts.accelerator.unwrap_model(parts.student)
+        state = {}
+        for shard in sorted(ckpt.glob("*.safetensors")):
+            state.update(load_file(str(shard)))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise RuntimeError(f"checkpoint {ckpt} does not match the student (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        saved = load_training_state(ckpt, optimizer=parts.optimizer, scheduler=parts.scheduler)
+        step = int(saved["step"])
+        parts.logger.truncate_after(step)
+        parts.engine.backend.sync_weights(parts.student)
+        return step
+
+
+def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Episode-level numbers of one rollout batch under ``rollout/``."""
+    n = max(len(trajectories), 1)
+    calls = sum(t.tool_calls for t in trajectories)
+    return {
+        "rollout/reward_mean": sum(t.reward for t in trajectories) / n,
+        "rollout/accuracy": sum(t.reward >= 1.0 for t in trajectories) / n,
+        "rollout/truncated_frac": sum(t.truncated for t in trajectories) / n,
+        "rollout/model_tokens_mean": sum(t.num_model_tokens for t in trajectories) / n,
+        "rollout/tool_calls_mean": calls / n,
+        "rollout/tool_error_rate": sum(t.tool_errors for t in trajectories) / max(calls, 1),
+        "rollout/episodes": float(len(trajectories)),
+    }
+
+
+def _seed(base: int, step: int, slot: int) -> int:
+    return (base * 1_000_003 + step * 10_007 + slot) % (2**31 - 1)
