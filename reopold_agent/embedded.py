@@ -97,6 +97,7 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *,
         report = build_embedded(recipe, tmp, log=log)
         (tmp / "build.json").write_text(json.dumps(report, indent=2))
         (tmp / "COMPLETE").write_text("")
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is shared like any model folder
         if (folder / "COMPLETE").exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

@@ -91,9 +91,9 @@ def supervised_train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        recent = (recent + [float(loss)])[-50:]
+        recent = (recent + [loss.item()])[-50:]
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, recent[-1])
     model.eval()
     return sum(recent) / len(recent)
 
