@@ -1,0 +1,163 @@
+"""REOPOLD surrogate loss: stop-gradient RKL with reward floor, entropy selection and schedule.
+
+Implements method sections 1-4:
+
+    R_t = log pi_T(o_t) - log pi_theta(o_t),  R_hat_t = max(sg(R_t), c),  c = log(lam) / (1 - lam)
+    rho_t = exp(log pi_theta(o_t) - log pi_old(o_t))
+    L = -sum_t rho_t * R_hat_t * M_t / max(sum_t M_t, 1)
+    exploration (step < switch_step):  M_t = valid_t & (sg(R_t) >= c)
+    refinement  (step >= switch_step): M_t = valid_t & (H_t >= tau_beta)
+
+Choices the paper leaves open, and what this module does (the caller decides the rest):
+
+- Entropy source (pi_old or pi_theta) and temperature: ``entropy`` is an input. Recommended:
+  the entropy of pi_old from the same pass that produced ``old_logprobs`` (at the rollout
+  temperature, 1.0), since it is then known for the whole batch before any micro-batch runs.
+- Batch for tau_beta: by default the batch passed in. To use a larger batch (mini-batch, all
+  ranks), compute ``entropy_threshold(...)`` over it and pass ``entropy_threshold=``.
+- Normaliser under gradient accumulation: by default this batch's ``max(sum M, 1)``. For one
+  normaliser per optimizer step (the mean over a whole mini-batch), compute ``selected_token_count(...)`` over the mini-batch and
+  pass ``normalizer=``; the micro-batch losses then sum to the mini-batch loss. In exploration
+  the mask depends on pi_theta, so a count computed up front from ``old_logprobs`` is exact
+  only on the first (on-policy) update of a rollout batch.
+- PPO ratio clipping: off by default (``ReopoldConfig.ratio_clip``); the pessimistic form.
+
+Departure in form, not in value: in exploration the code also floors R (max(sg(R), c)); it
+changes nothing because every selected token already has sg(R) >= c.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import ReopoldConfig
+from . import masks
+from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats, token_stats
+from .inputs import ObjectiveInputs
+from .masks import valid_mask, zero_invalid
+from .surrogate import clipped_surrogate, masked_loss, policy_ratio
+
+__all__ = ["reopold_objective", "reopold_loss", "reopold_keep_mask", "selected_token_count"]
+
+
+def _check_config(config: object) -> ReopoldConfig:
+    if not isinstance(config, ReopoldConfig):
+        raise TypeError(f"objective 'reopold' needs a ReopoldConfig, got {type(config).__name__}")
+    return config
+
+
+def _rewards(batch: ObjectiveInputs, valid_BT: Tensor) -> tuple[Tensor, Tensor]:
+    """Sanitised logprobs (attached) and detached rewards sg(R), both 0 at invalid positions."""
+    logp_BT = zero_invalid(batch.logprobs, valid_BT)
+    teacher_BT = zero_invalid(batch.require("teacher_logprobs", "reopold"), valid_BT)
+    return logp_BT, (teacher_BT.detach() - logp_BT.detach())
+
+
+def _keep_mask(batch: ObjectiveInputs, valid_BT: Tensor, reward_BT: Tensor, step: int,
+               config: ReopoldConfig) -> tuple[Tensor, Tensor | None]:
+    """The phase's token mask M and, in refinement, the entropy threshold used."""
+    if not config.is_refinement(step):
+        return valid_BT & (reward_BT >= config.floor), None
+    entropy_BT = zero_invalid(batch.require("entropy", "reopold (refinement phase)"), valid_BT)
+    tau = batch.entropy_threshold
+    if tau is None:
+        tau = masks.entropy_threshold(entropy_BT, valid_BT, config.beta)
+    tau = torch.as_tensor(tau, dtype=entropy_BT.dtype, device=entropy_BT.device)
+    return valid_BT & (entropy_BT.detach() >= tau), tau
+
+
+def reopold_keep_mask(batch: ObjectiveInputs, *, step: int, config: ReopoldConfig) -> Tensor:
+    """Bool [B, T] token mask M of the phase at ``step`` (method section 4).
+
+    Uses ``batch.logprobs`` (for R in exploration), ``teacher_logprobs``, ``entropy`` and
+    ``entropy_threshold`` (refinement) and ``loss_mask``. No gradient.
+    """
+    config = _check_config(config)
+    valid_BT = valid_mask(batch.loss_mask)
+    with torch.no_grad():
+        _, reward_BT = _rewards(batch, valid_BT)
+        return _keep_mask(batch, valid_BT, reward_BT, step, config)[0]
+
+
+def selected_token_count(batch: ObjectiveInputs, *, step: int, config: ReopoldConfig) -> Tensor:
+    """Number of tokens REOPOLD selects in ``batch`` (0-dim int64 tensor, not clamped).
+
+    Call it on the whole mini-batch (after fixing ``entropy_threshold`` over it), all-reduce
+    across ranks if needed, clamp to >= 1 and pass the result as ``normalizer`` to each
+    micro-batch's loss.
+    """
+    return reopold_keep_mask(batch, step=step, config=config).sum()
+
+
+def reopold_objective(batch: ObjectiveInputs, *, step: int,
+                      config: ReopoldConfig) -> tuple[Tensor, dict[str, float]]:
+    """REOPOLD surrogate loss (method sections 1-4) on one (micro-)batch.
+
+    Args:
+        batch: [B, T] tensors; needs ``logprobs``, ``teacher_logprobs``, ``loss_mask``, and
+            ``entropy`` in refinement. Invalid positions (loss_mask <= 0) get exactly zero
+            gradient and their values, NaN/inf included, never reach loss or gradient.
+        step: 0-based optimizer step; refinement when ``step >= config.switch_step``.
+        config: REOPOLD hyper-parameters.
+
+    Returns:
+        ``(loss, stats)``: 0-dim loss (exactly 0, zero gradients, still attached, when no token
+        is selected) and float diagnostics under ``objective/``: loss, phase (0 explore,
+        1 refine), num_valid, num_selected, selected_ratio, below_floor_frac, ratio_clip_frac,
+        reward_mean/p10/p50/p90 (sg(R) over valid tokens), entropy_mean, rho_mean,
+        entropy_threshold (NaN in exploration).
+
+    Raises:
+        TypeError: if ``config`` is not a ReopoldConfig.
+        ValueError: if a tensor the phase needs is missing.
+    """
+    config = _check_config(config)
+    valid_BT = valid_mask(batch.loss_mask)
+    logp_BT, reward_BT = _rewards(batch, valid_BT)
+    keep_BT, tau = _keep_mask(batch, valid_BT, reward_BT, step, config)
+    old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
+    rho_BT = policy_ratio(logp_BT, old_BT)
+    reward_hat_BT = reward_BT.clamp_min(config.floor)
+    objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_hat_BT, config.ratio_clip)
+    loss = masked_loss(objective_BT, keep_BT, batch.normalizer)
+    with torch.no_grad():
+        entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
+        stats = {
+            "objective/loss": loss.detach(),
+            "objective/phase": float(config.is_refinement(step)),
+            **token_stats(valid_BT, keep_BT, rho_BT, clipped_BT, entropy_BT),
+            "objective/below_floor_frac": masked_mean(
+                (reward_BT < config.floor).to(reward_BT.dtype), valid_BT),
+            "objective/reward_mean": masked_mean(reward_BT, valid_BT),
+            **nearest_rank_percentiles(reward_BT[valid_BT], "objective/reward"),
+            "objective/entropy_threshold": float("nan") if tau is None else tau,
+        }
+    return loss, to_floats(stats)
+
+
+def reopold_loss(logprobs: Tensor, old_logprobs: Tensor | None, teacher_logprobs: Tensor,
+                 entropy: Tensor | None, loss_mask: Tensor, *, step: int, config: ReopoldConfig,
+                 entropy_threshold: float | Tensor | None = None,
+                 normalizer: float | Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """REOPOLD loss from positional [B, T] tensors; see ``reopold_objective`` for semantics.
+
+    Args:
+        logprobs: [B, T] log pi_theta of the sampled tokens (carries the gradient).
+        old_logprobs: [B, T] log pi_old, or None for on-policy (rho = 1).
+        teacher_logprobs: [B, T] log pi_T.
+        entropy: [B, T] student entropy (needed in refinement), or None.
+        loss_mask: [B, T] bool/int/float, > 0 on student-generated tokens.
+        step: 0-based optimizer step.
+        config: REOPOLD hyper-parameters.
+        entropy_threshold: tau_beta computed over a larger batch, or None to compute here.
+        normalizer: loss denominator computed over a larger batch, or None for max(sum M, 1).
+
+    Returns:
+        ``(loss, stats)`` as ``reopold_objective``.
+    """
+    batch = ObjectiveInputs(logprobs=logprobs, old_logprobs=old_logprobs,
+                            teacher_logprobs=teacher_logprobs, entropy=entropy,
+                            loss_mask=loss_mask, entropy_threshold=entropy_threshold,
+                            normalizer=normalizer)
+    return reopold_objective(batch, step=step, config=config)

@@ -1,0 +1,69 @@
+"""Importance-weighted surrogate pieces shared by the objectives: ratio, PPO clip, reduction."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["policy_ratio", "clipped_surrogate", "masked_loss"]
+
+
+def policy_ratio(logp_BT: Tensor, old_logp_BT: Tensor) -> Tensor:
+    """rho = exp(logp - old_logp), [B, T]; differentiable through ``logp_BT`` only.
+
+    Inputs must already be finite at every position (see ``masks.zero_invalid``).
+    """
+    return torch.exp(logp_BT - old_logp_BT.detach())
+
+
+def clipped_surrogate(rho_BT: Tensor, adv_BT: Tensor,
+                      ratio_clip: float | None) -> tuple[Tensor, Tensor]:
+    """Per-token surrogate objective (to maximise), optionally PPO-clipped.
+
+    Args:
+        rho_BT: [B, T] importance ratio pi_theta / pi_old.
+        adv_BT: [B, T] per-token advantage/reward (may carry a gradient: vanilla RKL).
+        ratio_clip: None for ``rho * A``; eps for the pessimistic
+            ``min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)``.
+
+    Returns:
+        ``(objective_BT, clipped_BT)``: the per-token objective and a bool mask of positions
+        where the clipped branch is active and flat in rho (rho > 1 + eps with A > 0, or
+        rho < 1 - eps with A < 0); all False when ``ratio_clip`` is None.
+    """
+    unclipped = rho_BT * adv_BT
+    if ratio_clip is None:
+        return unclipped, torch.zeros_like(rho_BT, dtype=torch.bool)
+    clipped = rho_BT.clamp(1.0 - ratio_clip, 1.0 + ratio_clip) * adv_BT
+    with torch.no_grad():
+        active = ((rho_BT > 1.0 + ratio_clip) & (adv_BT > 0)) | (
+            (rho_BT < 1.0 - ratio_clip) & (adv_BT < 0))
+    return torch.minimum(unclipped, clipped), active
+
+
+def masked_loss(objective_BT: Tensor, keep_BT: Tensor,
+                normalizer: float | Tensor | None) -> Tensor:
+    """Loss = -sum(objective over kept tokens) / normaliser (method section 4).
+
+    Args:
+        objective_BT: [B, T] per-token objective; values at dropped positions are ignored
+            (``torch.where``, so NaN there cannot leak into the loss or the gradient).
+        keep_BT: [B, T] bool mask M.
+        normalizer: denominator from the caller (number or 0-dim tensor); None uses
+            ``max(sum(M), 1)``.
+
+    Returns:
+        0-dim loss, attached to the graph even when no token is kept (then exactly 0 with
+        zero gradients).
+    """
+    kept = torch.where(keep_BT, objective_BT, torch.zeros((), dtype=objective_BT.dtype,
+                                                          device=objective_BT.device))
+    if normalizer is None:
+        denom = keep_BT.sum().clamp_min(1).to(objective_BT.dtype)
+    elif isinstance(normalizer, numbers.Real):
+        denom = float(normalizer)
+    else:
+        denom = normalizer.detach().to(objective_BT.dtype)
+    return -(kept.sum() / denom)
