@@ -1,0 +1,265 @@
+"""Local, fail-closed sandbox: Linux namespaces, an unprivileged identity and rlimits.
+
+Each execution runs as::
+
+    unshare --pid --fork --kill-child --mount-proc --net --ipc --uts [--user --map-root-user]
+        python -I -S _launcher.py SPEC        # pid 1 of the new pid namespace
+          └─ setpriv (drop uid/caps, no_new_privs) python -I -u main.py   # pid 2
+
+* Root caller: no user namespace; the program runs as a uid drawn from
+  ``[uid_base, uid_base + uid_count)``, distinct for concurrent executions of one sandbox
+  (so RLIMIT_NPROC counts per execution), with no groups and no capabilities.
+* Ordinary caller: ``--user --map-root-user``; the program is uid 0 of its own user namespace
+  (the caller's uid outside) with an empty capability bounding set and securebits that keep
+  it so; RLIMIT_NPROC counts per user namespace, i.e. per execution.
+* Both: a new network namespace (no interface up, so no loopback and no route), every mount
+  read-only, a private size-limited tmpfs as ``/tmp`` (the working directory and ``HOME``),
+  empty tmpfs over ``hide_paths`` (``/run`` by default: world-writable unix sockets are the
+  one channel a network namespace leaves open), rlimits on CPU, address space, file size,
+  open files, processes and core files.
+
+Known limits of this design: world-readable host files stay readable (read-only); unix
+sockets outside ``/run``/``/tmp`` that the program's uid may write remain reachable;
+RLIMIT_AS is per process, so one execution may use up to ``max_processes * memory_mb`` plus
+its tmpfs; RLIMIT_NPROC also counts threads. Put the trainer in a cgroup for a hard total.
+* The wall-clock timeout and the output limit kill the process group of ``unshare``; with
+  ``--kill-child`` that kills the namespace init and so every process in the namespace,
+  including ones that called ``setsid``. The namespace also dies when the program exits.
+
+If the self-test (:data:`_verdict.PROBE_CODE`) fails at construction, the sandbox raises
+:class:`SandboxUnavailable`, unless ``allow_unisolated`` is set: then programs run with only
+rlimits, the timeout and a temporary directory, which is NOT a security boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reopold_agent.sandbox._pump import kill_tree, pump
+from reopold_agent.sandbox._verdict import PROBE_CODE, build_result, probe_failure
+from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
+from reopold_agent.sandbox.config import SandboxConfig
+
+logger = logging.getLogger(__name__)
+
+_PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3")
+_PROBE_TIMEOUT_S = 20.0
+_MIB = 1024 * 1024
+_USERNS_SECUREBITS = "+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked," \
+                     "+keep_caps_locked"
+
+Probe = Callable[["LocalSandbox"], None]
+"""An isolation self-test: returns if isolation works, raises SandboxUnavailable if not."""
+
+
+class _UidPool:
+    """Hands out distinct uids from a range to concurrent executions; thread-safe."""
+
+    def __init__(self, base: int, count: int) -> None:
+        self._base, self._count = base, count
+        self._busy: set[int] = set()
+        self._cond = threading.Condition()
+
+    def acquire(self) -> int:
+        """Take a free uid (random, so separate sandboxes rarely collide), waiting if none."""
+        with self._cond:
+            while len(self._busy) >= self._count:
+                self._cond.wait()
+            for _ in range(8):
+                uid = self._base + secrets.randbelow(self._count)
+                if uid not in self._busy:
+                    break
+            else:
+                uid = next(u for u in range(self._base, self._base + self._count)
+                           if u not in self._busy)
+            self._busy.add(uid)
+            return uid
+
+    def release(self, uid: int) -> None:
+        with self._cond:
+            self._busy.discard(uid)
+            self._cond.notify()
+
+
+def _resolve_python(config: SandboxConfig) -> str:
+    candidates = (config.python_executable,) if config.python_executable else _PYTHON_CANDIDATES
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise SandboxUnavailable(
+        f"no Python interpreter for the sandbox at {', '.join(candidates)}; set "
+        "SandboxConfig.python_executable to one an unprivileged user can run")
+
+
+def probe_isolation(sandbox: LocalSandbox) -> None:
+    """Default probe: run :data:`PROBE_CODE` isolated and check what it saw.
+
+    Raises:
+        SandboxUnavailable: a tool is missing, the kernel refused a namespace, or a check
+            (pid/net namespace, read-only root, no capabilities, unprivileged uid) failed.
+    """
+    for tool in (sandbox.unshare_path, sandbox.setpriv_path):
+        if not (os.path.isfile(tool) and os.access(tool, os.X_OK)):
+            raise SandboxUnavailable(f"{tool} is missing or not executable (util-linux)")
+    result = sandbox._execute(PROBE_CODE, "", _PROBE_TIMEOUT_S, isolate=True)
+    problem = probe_failure(result, expect_root_inside=sandbox.user_namespace)
+    if problem:
+        raise SandboxUnavailable(problem)
+
+
+class LocalSandbox(Sandbox):
+    """Runs Python programs in Linux namespaces on this machine. Thread-safe."""
+
+    def __init__(self, config: SandboxConfig | None = None, *,
+                 unshare_path: str = "/usr/bin/unshare", setpriv_path: str = "/usr/bin/setpriv",
+                 user_namespace: bool | None = None, probe: Probe | None = None) -> None:
+        """Check that isolation works here (or that running without it was allowed).
+
+        Args:
+            config: limits; ``backend`` is ignored. Defaults to ``SandboxConfig()``.
+            unshare_path: the util-linux ``unshare`` binary.
+            setpriv_path: the util-linux ``setpriv`` binary.
+            user_namespace: use a user namespace; None means exactly when not running as root
+                (True is refused as root; False as an ordinary user makes isolation fail).
+            probe: isolation self-test, :func:`probe_isolation` by default.
+
+        Raises:
+            SandboxUnavailable: isolation does not work and ``config.allow_unisolated`` is
+                False, or no usable Python interpreter was found.
+            ValueError: ``user_namespace=True`` while running as root.
+        """
+        self.config = config if config is not None else SandboxConfig()
+        self.python = _resolve_python(self.config)
+        self.unshare_path, self.setpriv_path = unshare_path, setpriv_path
+        is_root = os.geteuid() == 0
+        if user_namespace and is_root:
+            raise ValueError("user_namespace=True as root would keep root's file access and "
+                             "escape RLIMIT_NPROC; as root the sandbox drops to a pooled uid")
+        self.user_namespace = not is_root if user_namespace is None else user_namespace
+        self._launcher = str(Path(__file__).with_name("_launcher.py"))
+        self._uids = _UidPool(self.config.uid_base, self.config.uid_count)
+        self.isolated = True
+        """False only when isolation failed and ``allow_unisolated`` let us run without it."""
+        try:
+            (probe or probe_isolation)(self)
+        except SandboxUnavailable as exc:
+            if not self.config.allow_unisolated:
+                raise SandboxUnavailable(
+                    f"refusing to run code: isolated execution is unavailable here ({exc}). "
+                    "Running without isolation is unsafe; set "
+                    "SandboxConfig.allow_unisolated=True to accept that (rlimits, timeout and a "
+                    "temp dir only).") from exc
+            logger.warning("sandbox isolation unavailable (%s); running UNISOLATED as allowed "
+                           "by allow_unisolated=True", exc)
+            self.isolated = False
+
+    def run(self, code: str, *, stdin: str = "", timeout_s: float | None = None) -> SandboxResult:
+        """Run ``code`` as ``__main__`` under the configured limits.
+
+        Args:
+            code: Python source.
+            stdin: text fed to standard input.
+            timeout_s: wall-clock limit in seconds; None uses ``config.timeout_s``.
+
+        Returns:
+            The result; limits that fired are reported in ``limit``, never raised.
+        """
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+                math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
+        if not isinstance(code, str) or not isinstance(stdin, str):
+            raise TypeError("code and stdin must be str")
+        return self._execute(code, stdin, float(timeout), isolate=self.isolated)
+
+    def _rlimits(self, isolate: bool) -> dict[str, tuple[int, int]]:
+        cfg = self.config
+        # In a user namespace the launcher (pid 1) has the program's uid: leave it one slot.
+        nproc = cfg.max_processes + (1 if isolate and self.user_namespace else 0)
+        return {
+            "RLIMIT_CPU": (cfg.cpu_time_s, cfg.cpu_time_s + 1),
+            "RLIMIT_AS": (cfg.memory_mb * _MIB, cfg.memory_mb * _MIB),
+            "RLIMIT_FSIZE": (cfg.file_size_mb * _MIB, cfg.file_size_mb * _MIB),
+            "RLIMIT_NOFILE": (cfg.max_open_files, cfg.max_open_files),
+            "RLIMIT_NPROC": (nproc, nproc),
+            "RLIMIT_CORE": (0, 0),
+        }
+
+    def _priv_prefix(self, isolate: bool, uid: int) -> list[str]:
+        if not isolate:
+            return []
+        common = ["--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+        if self.user_namespace:
+            return [self.setpriv_path, *common, f"--securebits={_USERNS_SECUREBITS}", "--"]
+        return [self.setpriv_path, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                *common, "--"]
+
+    def _command(self, spec: dict, isolate: bool) -> list[str]:
+        launcher = [self.python, "-I", "-S", self._launcher,
+                    json.dumps(spec, separators=(",", ":"))]
+        if not isolate:
+            return launcher
+        namespaces = [self.unshare_path, "--pid", "--fork", "--kill-child", "--mount-proc",
+                      "--net", "--ipc", "--uts"]
+        if self.user_namespace:
+            namespaces += ["--user", "--map-root-user"]
+        return [*namespaces, "--", *launcher]
+
+    def _execute(self, code: str, stdin: str, timeout_s: float, *, isolate: bool
+                 ) -> SandboxResult:
+        """Run one program; the whole process tree is gone when this returns."""
+        pooled = isolate and not self.user_namespace
+        uid = self._uids.acquire() if pooled else (0 if isolate else os.getuid())
+        host_dir = tempfile.mkdtemp(prefix="reopold-sandbox-")
+        try:
+            code_path = os.path.join(host_dir, "main.py")
+            with open(code_path, "w", encoding="utf-8") as f:
+                f.write(code)
+            spec = {"code_path": code_path, "isolate": isolate, "uid": uid,
+                    "workdir_mb": self.config.workdir_mb,
+                    "hide_paths": list(self.config.hide_paths),
+                    "rlimits": self._rlimits(isolate),
+                    "priv_prefix": self._priv_prefix(isolate, uid), "python": self.python}
+            return self._spawn_and_pump(spec, stdin.encode("utf-8"), timeout_s)
+        finally:
+            shutil.rmtree(host_dir, ignore_errors=True)
+            if pooled:
+                self._uids.release(uid)
+
+    def _spawn_and_pump(self, spec: dict, stdin: bytes, timeout_s: float) -> SandboxResult:
+        status_r, status_w = os.pipe()
+        spec["status_fd"] = status_w
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self._command(spec, spec["isolate"]), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,),
+                start_new_session=True, cwd="/", env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        except OSError as exc:
+            os.close(status_r)
+            return SandboxResult(stdout="", stderr=f"sandbox could not start: {exc}\n",
+                                 exit_code=None, limit=SandboxLimit.NONE,
+                                 duration_s=time.monotonic() - start)
+        finally:
+            os.close(status_w)
+        try:
+            out = pump(proc, status_r, stdin, start + timeout_s, self.config.max_output_bytes)
+        finally:
+            kill_tree(proc)  # nothing of this execution may outlive run()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                stream.close()
+            os.close(status_r)
+        return build_result(out, proc.returncode, time.monotonic() - start,
+                            self.config.cpu_time_s)

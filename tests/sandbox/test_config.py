@@ -1,0 +1,51 @@
+"""SandboxConfig: defaults and validation messages that name the bad field."""
+
+from __future__ import annotations
+
+import pytest
+
+from reopold_agent.sandbox import SandboxConfig
+
+
+def test_defaults():
+    config = SandboxConfig()
+    assert (config.backend, config.timeout_s, config.memory_mb, config.max_output_bytes) == (
+        "local", 10.0, 1024, 16384)
+    assert config.allow_unisolated is False and config.python_executable is None
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("backend", "docker"),
+    ("timeout_s", 0),
+    ("timeout_s", float("inf")),
+    ("timeout_s", True),
+    ("cpu_time_s", 0),
+    ("cpu_time_s", 1.5),
+    ("memory_mb", 10),
+    ("file_size_mb", -1),
+    ("workdir_mb", 0),
+    ("max_open_files", 3),
+    ("max_processes", 0),
+    ("max_output_bytes", 0),
+    ("allow_unisolated", "yes"),
+    ("python_executable", "python3"),
+    ("uid_base", 0),
+    ("uid_count", 2**32),
+    ("hide_paths", ["/home"]),
+    ("hide_paths", ("/",)),
+    ("e2b_template", ""),
+    ("e2b_api_key", ""),
+])
+def test_bad_field_is_named(field, value):
+    with pytest.raises(ValueError, match=rf"SandboxConfig\.{field} "):
+        SandboxConfig(**{field: value})
+
+
+def test_api_key_is_not_in_repr():
+    assert "sekrit" not in repr(SandboxConfig(backend="e2b", e2b_api_key="sekrit"))
+
+
+def test_with_overrides_validates():
+    assert SandboxConfig().with_overrides(timeout_s=2.5).timeout_s == 2.5
+    with pytest.raises(ValueError, match="timeout_s"):
+        SandboxConfig().with_overrides(timeout_s=-1)

@@ -1,0 +1,292 @@
+"""LocalSandbox: ordinary programs, hostile programs (each contained and reported), threads.
+
+Runs as whoever runs pytest: as root the program gets a pooled unprivileged uid, as an
+ordinary user a user namespace (test_local_unprivileged.py covers that from root too).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from reopold_agent.sandbox import LocalSandbox, SandboxConfig, SandboxLimit
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _own_uid_config(**kwargs) -> SandboxConfig:
+    """A config whose single pooled uid no other test run uses (runs may overlap)."""
+    return SandboxConfig(uid_base=1_600_000_000 + secrets.randbelow(10**8), uid_count=1,
+                         **kwargs)
+
+
+def test_normal_program_returns_stdout_and_exit_zero(sandbox):
+    result = sandbox.run("print(6 * 7)")
+    assert (result.stdout, result.stderr, result.exit_code) == ("42\n", "", 0)
+    assert result.limit is SandboxLimit.NONE and result.ok
+    assert 0.0 < result.duration_s < 5.0
+
+
+def test_stdin_is_fed_to_the_program(sandbox):
+    result = sandbox.run("import sys\nprint(sys.stdin.read()[::-1])", stdin="abc\ndef")
+    assert result.stdout == "fed\ncba\n"
+
+
+def test_large_stdin_is_fed_without_deadlock(sandbox):
+    data = "x" * 1_000_000
+    result = sandbox.run("import sys\nprint(len(sys.stdin.read()))", stdin=data)
+    assert result.stdout == "1000000\n"
+
+
+def test_exception_gives_stderr_and_nonzero_exit(sandbox):
+    result = sandbox.run("raise ValueError('bad value')")
+    assert result.exit_code == 1 and not result.ok
+    assert result.stderr.rstrip().endswith("ValueError: bad value")
+    assert result.limit is SandboxLimit.NONE
+
+
+def test_exit_status_is_passed_through(sandbox):
+    assert sandbox.run("import sys\nsys.exit(3)").exit_code == 3
+
+
+def test_program_runs_unprivileged_in_private_tmp(sandbox):
+    code = ("import os\nopen('note.txt', 'w').write('hi')\n"
+            "print(os.getcwd(), os.getuid(), sorted(os.listdir('.')))")
+    cwd, uid, files = sandbox.run(code).stdout.split(" ", 2)
+    assert cwd == "/tmp" and files.strip() == "['main.py', 'note.txt']"
+    if IS_ROOT:
+        config = sandbox.config
+        assert config.uid_base <= int(uid) < config.uid_base + config.uid_count
+
+
+def test_infinite_loop_stopped_by_cpu_limit(make_isolated):
+    sandbox = make_isolated(SandboxConfig(timeout_s=10, cpu_time_s=1))
+    result = sandbox.run("while True: pass")
+    assert result.limit is SandboxLimit.CPU_TIME
+    assert result.exit_code == -signal.SIGXCPU
+    assert result.duration_s < 5
+
+
+def test_infinite_loop_stopped_by_wall_timeout(sandbox):
+    result = sandbox.run("while True: pass", timeout_s=1.0)
+    assert result.limit is SandboxLimit.WALL_TIMEOUT and result.exit_code == -signal.SIGKILL
+    assert 1.0 <= result.duration_s < 3.0
+
+
+def test_sleep_past_timeout_keeps_earlier_output(sandbox):
+    result = sandbox.run("import time\nprint('before')\ntime.sleep(60)", timeout_s=1.0)
+    assert result.limit is SandboxLimit.WALL_TIMEOUT
+    assert result.stdout == "before\n"
+    assert result.duration_s < 3.0
+
+
+def test_ten_gigabyte_allocation_stopped_by_memory_limit(sandbox):
+    result = sandbox.run("x = bytearray(10 * 1024**3)\nprint('allocated')")
+    assert result.limit is SandboxLimit.MEMORY
+    assert "MemoryError" in result.stderr and result.stdout == ""
+
+
+def test_fork_bomb_stopped_by_process_limit(make_isolated, assert_gone):
+    config = _own_uid_config(timeout_s=5, max_processes=16)
+    sandbox = make_isolated(config)
+    result = sandbox.run("import os\nwhile True:\n    os.fork()")
+    assert result.limit is SandboxLimit.PROCESSES
+    assert "Resource temporarily unavailable" in result.stderr
+    assert result.duration_s < 4.0
+    if IS_ROOT:
+        assert_gone(uid=config.uid_base)
+
+
+def test_fork_bomb_that_ignores_errors_ends_at_timeout(make_isolated, assert_gone):
+    config = _own_uid_config(timeout_s=1.5, max_processes=16)
+    sandbox = make_isolated(config)
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    result = sandbox.run(code)
+    assert result.limit is SandboxLimit.WALL_TIMEOUT
+    assert result.duration_s < 4.0
+    if IS_ROOT:
+        assert_gone(uid=config.uid_base)
+
+
+_ESCAPE = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
+    os._exit(0)
+os.wait()
+time.sleep(0.5)
+print("parent done")
+{tail}
+"""
+
+
+@pytest.mark.parametrize("tail", ["", "time.sleep(60)"], ids=["parent-exits", "parent-hangs"])
+def test_setsid_escape_dies_with_the_sandbox(sandbox, assert_gone, tail):
+    marker = f"reopold-escape-{uuid.uuid4().hex}"
+    result = sandbox.run(_ESCAPE.format(marker=marker, tail=tail), timeout_s=2.0)
+    assert result.stdout == "parent done\n"
+    expected = SandboxLimit.WALL_TIMEOUT if tail else SandboxLimit.NONE
+    assert result.limit is expected
+    assert result.duration_s < 4.0  # the escaped sleeper did not hold the pipes open
+    assert_gone(marker=marker)
+
+
+def test_no_network_not_even_loopback(sandbox):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    code = f"""
+import socket
+for addr in [("127.0.0.1", {port}), ("192.0.2.1", 80)]:
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(addr)
+        print("connected", addr)
+    except OSError as exc:
+        print("blocked", exc.errno)
+print(sorted(name for _, name in socket.if_nameindex()))
+"""
+    try:
+        result = sandbox.run(code)
+    finally:
+        listener.close()
+    assert result.stdout.splitlines() == ["blocked 101", "blocked 101", "['lo']"]
+    assert result.duration_s < 3.0  # refused at once: there is no route at all
+
+
+def test_writes_outside_the_work_dir_fail_and_leave_nothing(sandbox):
+    name = f"reopold-write-{uuid.uuid4().hex}"
+    here = os.path.dirname(os.path.abspath(__file__))  # writable on the host
+    targets = [f"/etc/{name}", f"/root/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}",
+               f"/{name}", f"{here}/{name}"]
+    code = f"""
+for path in {targets!r}:
+    try:
+        open(path, "w").write("x")
+        print("wrote", path)
+    except OSError as exc:
+        print("denied", exc.errno)
+open("/tmp/{name}", "w").write("x")  # /tmp is the sandbox's own tmpfs
+"""
+    result = sandbox.run(code)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(targets) and all(line.startswith("denied") for line in lines)
+    for path in [*targets, f"/tmp/{name}"]:
+        assert not os.path.exists(path), path
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="root-only files are readable by their owner")
+def test_reading_root_only_files_is_denied(sandbox):
+    code = """
+for action in (lambda: open("/etc/shadow").read(), lambda: __import__("os").listdir("/root")):
+    try:
+        action()
+        print("read")
+    except PermissionError:
+        print("denied")
+"""
+    assert sandbox.run(code).stdout == "denied\ndenied\n"
+
+
+def test_gigabytes_of_stdout_are_cut_off(sandbox):
+    code = "import sys\nchunk = b'x' * (1 << 20)\nfor _ in range(4096):\n" \
+           "    sys.stdout.buffer.write(chunk)"
+    result = sandbox.run(code, timeout_s=30)
+    assert result.limit is SandboxLimit.OUTPUT and result.stdout_truncated
+    assert len(result.stdout) == sandbox.config.max_output_bytes
+    assert result.duration_s < 3.0  # stopped at the limit, not after 4 GiB
+
+
+def test_stderr_flood_is_cut_off(sandbox):
+    result = sandbox.run("import sys\nwhile True:\n    sys.stderr.write('e' * 1000)")
+    assert result.limit is SandboxLimit.OUTPUT and result.stderr_truncated
+    assert len(result.stderr) == sandbox.config.max_output_bytes
+
+
+def test_big_file_stopped_by_file_size_limit(make_isolated):
+    sandbox = make_isolated(SandboxConfig(file_size_mb=1))
+    result = sandbox.run("open('big', 'wb').write(b'x' * (2 << 20))")
+    assert result.limit is SandboxLimit.FILE_SIZE
+    assert "File too large" in result.stderr
+
+
+def test_many_files_stopped_by_workdir_size(make_isolated):
+    sandbox = make_isolated(SandboxConfig(file_size_mb=4, workdir_mb=8))
+    result = sandbox.run("for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (3 << 20))")
+    assert result.limit is SandboxLimit.FILE_SIZE
+    assert "No space left on device" in result.stderr
+
+
+def test_hide_paths_covers_directories(make_isolated):
+    sandbox = make_isolated(SandboxConfig(hide_paths=("/home", "/root", "/var")))
+    code = "import os\nprint([os.listdir(p) for p in ('/home', '/root', '/var')])"
+    assert sandbox.run(code).stdout == "[[], [], []]\n"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="creating a socket in /run needs root")
+def test_unix_sockets_in_run_are_hidden_by_default(sandbox):
+    path = f"/run/reopold-test-{uuid.uuid4().hex[:8]}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(path, 0o666)  # world-writable, like the D-Bus system bus
+    server.listen(1)
+    code = f"import socket\ntry:\n    socket.socket(socket.AF_UNIX).connect({path!r})\n" \
+           f"    print('connected')\nexcept OSError as exc:\n    print('blocked', exc.errno)"
+    try:
+        assert sandbox.run(code).stdout == "blocked 2\n"
+    finally:
+        server.close()
+        os.unlink(path)
+
+
+def test_eight_concurrent_sleeps_overlap(sandbox):
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sandbox.run("import time\ntime.sleep(1)"), range(8)))
+    elapsed = time.monotonic() - start
+    assert all(r.ok for r in results)
+    assert elapsed < 3.0, f"8 parallel 1 s sleeps took {elapsed:.2f} s (serial: 8 s)"
+
+
+def test_hanging_program_does_not_delay_the_others(sandbox):
+    finished: dict[int, float] = {}
+    start = time.monotonic()
+
+    def job(i: int):
+        code = "import time\ntime.sleep(60)" if i == 0 else "import time\ntime.sleep(0.3)"
+        result = sandbox.run(code, timeout_s=4.0)
+        finished[i] = time.monotonic() - start
+        return result
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(finished[i] for i in range(1, 5)) < 2.5
+    assert 4.0 <= finished[0] < 7.0
+
+
+def test_timeout_must_be_positive(sandbox):
+    with pytest.raises(ValueError, match="timeout_s"):
+        sandbox.run("print(1)", timeout_s=0)
+
+
+def test_user_namespace_is_refused_as_root():
+    if not IS_ROOT:
+        pytest.skip("only root is refused a user namespace")
+    with pytest.raises(ValueError, match="user_namespace"):
+        LocalSandbox(SandboxConfig(), user_namespace=True)

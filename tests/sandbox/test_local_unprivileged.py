@@ -1,0 +1,104 @@
+"""LocalSandbox used by an ordinary user: a driver dropped to uid 65534 runs hostile cases.
+
+The driver (unprivileged_driver.py) runs under the system Python, since a virtual
+environment under /root is not readable by uid 65534. Skips only when this cannot be shown:
+not root (nobody to drop from), no system Python, repository unreadable by uid 65534, or a
+kernel that forbids unprivileged user namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+NOBODY = 65534
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("unprivileged_driver.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+_AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+def _as_nobody(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*_AS_NOBODY, *argv], capture_output=True, text=True, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=timeout)
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to drop to uid 65534 (the rest of the suite already runs unprivileged)"
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"no system Python at {SYSTEM_PYTHON}"
+    for knob in ("/proc/sys/kernel/unprivileged_userns_clone",
+                 "/proc/sys/user/max_user_namespaces"):
+        if os.path.exists(knob) and Path(knob).read_text().strip() == "0":
+            return f"the kernel forbids unprivileged user namespaces ({knob} = 0)"
+    probe = _as_nobody("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
+                       "--net", "true", timeout=30)
+    if probe.returncode != 0:
+        return f"the kernel forbids unprivileged user namespaces: {probe.stderr.strip()}"
+    imp = _as_nobody(SYSTEM_PYTHON, "-I", "-B", "-c",
+                     f"import sys; sys.path.insert(0, {str(REPO)!r}); import reopold_agent.sandbox",
+                     timeout=30)
+    if imp.returncode != 0:
+        return f"uid 65534 cannot import the repository at {REPO}: {imp.stderr.strip()[-300:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    marker = f"reopold-nobody-{uuid.uuid4().hex}"
+    done = _as_nobody(SYSTEM_PYTHON, "-I", "-B", str(DRIVER), str(REPO), marker)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    data["marker"] = marker
+    return data
+
+
+def test_runs_isolated_in_a_user_namespace(report):
+    assert report["euid"] == NOBODY
+    assert report["user_namespace"] and report["isolated"]
+    case = report["cases"]["identity"]
+    uid, pid, visible = case["stdout"].split()
+    assert (uid, pid) == ("0", "2") and int(visible) <= 3  # own pid namespace, mapped root
+
+
+def test_fork_bomb(report):
+    assert report["cases"]["fork_bomb"]["limit"] == "processes"
+
+
+def test_memory(report):
+    assert report["cases"]["memory"]["limit"] == "memory"
+
+
+def test_sleep_past_timeout(report):
+    case = report["cases"]["sleep"]
+    assert case["limit"] == "wall_timeout" and case["duration_s"] < 3
+
+
+def test_network(report):
+    assert report["cases"]["network"]["stdout"] == "blocked 101\n"
+
+
+def test_root_only_file(report):
+    assert "PermissionError" in report["cases"]["shadow"]["stderr"]
+
+
+def test_writes_to_world_writable_host_dirs_fail(report):
+    case = report["cases"]["writes"]
+    assert case["stdout"].split("\n")[:3] == ["denied 30"] * 3
+    for where in ("/var/tmp", "/dev/shm", str(REPO)):
+        assert not os.path.exists(f"{where}/{report['marker']}")
+
+
+def test_setsid_escape(report, assert_gone):
+    case = report["cases"]["escape"]
+    assert case["stdout"] == "parent done\n" and case["limit"] == "none"
+    assert_gone(marker=report["marker"])

@@ -1,0 +1,50 @@
+"""Runs hostile cases in a LocalSandbox as whatever uid executes it; prints JSON results.
+
+Used by test_local_unprivileged.py through ``setpriv --reuid=65534 ... /usr/bin/python3``;
+standard library only, so any system Python can run it. Usage:
+``python3 unprivileged_driver.py REPO_ROOT MARKER``.
+"""
+
+import json
+import os
+import sys
+
+CASES = {
+    "identity": ("import os\nprint(os.getuid(), os.getpid(), "
+                 "len([p for p in os.listdir('/proc') if p.isdigit()]))", 5.0),
+    "fork_bomb": ("import os\nwhile True:\n    os.fork()", 5.0),
+    "memory": ("x = bytearray(10 * 1024**3)", 5.0),
+    "sleep": ("import time\ntime.sleep(60)", 1.0),
+    "network": ("import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), 3)\n"
+                "except OSError as e:\n    print('blocked', e.errno)", 5.0),
+    "shadow": ("open('/etc/shadow').read()", 5.0),
+    "writes": ("import sys\nfor p in sys.stdin.read().split():\n    try:\n"
+               "        open(p, 'w').write('x'); print('wrote', p)\n"
+               "    except OSError as e:\n        print('denied', e.errno)", 5.0),
+    "escape": ("import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n"
+               "    if os.fork() == 0:\n        os.execv(sys.executable, [sys.executable, '-c', "
+               "'import time; time.sleep(60)', sys.stdin.read()])\n    os._exit(0)\n"
+               "os.wait()\ntime.sleep(0.5)\nprint('parent done')", 5.0),
+}
+
+
+def main() -> None:
+    repo, marker = sys.argv[1], sys.argv[2]
+    sys.path.insert(0, repo)
+    from reopold_agent.sandbox import LocalSandbox, SandboxConfig
+
+    sandbox = LocalSandbox(SandboxConfig(timeout_s=5, max_processes=16))
+    stdin = {"writes": f"/var/tmp/{marker} /dev/shm/{marker} {repo}/{marker}",
+             "escape": marker}
+    report = {"euid": os.geteuid(), "user_namespace": sandbox.user_namespace,
+              "isolated": sandbox.isolated, "cases": {}}
+    for name, (code, timeout_s) in CASES.items():
+        result = sandbox.run(code, stdin=stdin.get(name, ""), timeout_s=timeout_s)
+        report["cases"][name] = {"exit_code": result.exit_code, "limit": result.limit.value,
+                                 "stdout": result.stdout, "stderr": result.stderr[-500:],
+                                 "duration_s": result.duration_s}
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
