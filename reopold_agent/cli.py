@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import list_envs_command
 
             return list_envs_command(json_output=args.json)
-        from .commands import eval_command, sft_command, train_command
+        from .commands import eval_command, quiet_transformers, sft_command, train_command
+
+        quiet_transformers()
 
         config = resolve_config(args)
         if args.command == "train":

@@ -19,6 +19,13 @@ from .config_loading import to_dict
 from .train_config import TrainConfig
 
 
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers in CLI output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -104,6 +111,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
 
     if config.train.torch_threads:
         torch.set_num_threads(config.train.torch_threads)
+    sandbox = build_sandbox(config)
+    make_train_env, make_eval_env = make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval")
     need_teacher = config.objective.name != "grpo"
     student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher)
     param_dtype, low_dtype, mixed = model_dtypes(config)
@@ -125,7 +134,6 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     warm = config.train.warmup_steps * config.train.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     student, optimizer = accelerator.prepare(student, optimizer)
-    sandbox = build_sandbox(config)
     backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id)
     engine = RolloutEngine(backend, tokenizer, config.rollout)
     logger = RunLogger(config.output_dir)
@@ -133,8 +141,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     if accelerator.is_main_process:
         logger.save_config(to_dict(resolved))
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
-                         make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval"),
-                         logger, accelerator)
+                         make_train_env, make_eval_env, logger, accelerator)
     with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
         trainer = Trainer(config, parts, on_step=progress.update)
         final = trainer.train(resume=resume)

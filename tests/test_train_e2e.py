@@ -1,0 +1,130 @@
+"""End to end: ``reopold-agent train`` on tiny offline models, its run directory, and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reopold_agent.cli import main
+from reopold_agent.embedded import gold_conversations
+from reopold_agent.run_logging import read_metrics
+from reopold_agent.tiny_models import build_causal_lm, build_tokenizer
+from reopold_agent.trajectory_io import read_trajectories
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    convs = gold_conversations("tool_math", count=40)
+    probe = build_tokenizer([""])
+    tok = build_tokenizer([probe.apply_chat_template(c, tokenize=False) for c in convs])
+    for name, spec, seed in (("student", "nano", 0), ("teacher", "micro", 1)):
+        model = build_causal_lm(tok, spec, seed=seed)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root / "student", root / "teacher"
+
+
+def _args(models, out, steps=2, extra=()):
+    student, teacher = models
+    return ["train", "--task", "tool_math", "--student", str(student), "--teacher", str(teacher),
+            "--steps", str(steps), "--output-dir", str(out),
+            "--set", "train.prompts_per_step=2", "--set", "rollout.group_size=2",
+            "--set", "rollout.max_turn_tokens=24", "--set", "rollout.max_episode_tokens=200",
+            "--set", "eval.num_problems=3", "--set", "eval.samples=1", "--set", "eval.every=0",
+            "--set", "train.torch_threads=1", "--set", "train.save_every=2", *extra]
+
+
+def _params(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(Path(path).glob("*.safetensors"))))
+
+
+def test_two_step_run_trains_and_leaves_a_complete_run_directory(tiny_models, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(tiny_models, out)) == 0
+    for name in ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints/LATEST",
+                 "trajectories/step_000000.jsonl", "trajectories/step_000001.jsonl", "trajectories/eval_000002.jsonl"):
+        assert (out / name).exists(), name
+    # parameters moved
+    before, after = _params(tiny_models[0]), _params(out / "checkpoints" / "step_000002")
+    moved = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(moved) == len(before), f"unchanged parameters: {set(before) - set(moved)}"
+    # saved trajectories: no tool/prompt token carries loss, teacher scored exactly the ids
+    trajs, errors = read_trajectories(out / "trajectories" / "step_000001.jsonl")
+    assert not errors and len(trajs) == 4
+    from reopold_agent.sequence_scoring import sequence_logprobs
+    from transformers import AutoModelForCausalLM
+    import torch
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_models[1])
+    for t in trajs:
+        assert all(m == (s == "model") for m, s in zip(t.loss_mask, t.source))
+        assert len(t.teacher_logprobs) == t.num_tokens and t.teacher_logprobs[0] is None
+        ids = torch.tensor([t.token_ids])
+        ref, _ = sequence_logprobs(teacher, ids, torch.ones_like(ids))
+        torch.testing.assert_close(torch.tensor(t.teacher_logprobs[1:]), ref[0, 1:], atol=1e-5, rtol=0)
+    metrics = read_metrics(out)
+    keys = set().union(*metrics)
+    for key in ("objective/loss", "objective/selected_ratio", "objective/below_floor_frac", "objective/entropy_mean",
+                "train/grad_norm", "rollout/tool_error_rate", "eval/greedy_accuracy", "time/rollout_s",
+                "time/teacher_s", "time/update_s", "throughput/model_tokens_per_s"):
+        assert key in keys, key
+
+
+def _comparable(record):
+    return {k: v for k, v in record.items() if not k.startswith(("time/", "throughput/", "eval/tokens_per_second"))}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(tiny_models, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(_args(tiny_models, straight, steps=4)) == 0
+    cmd = [sys.executable, "-m", "reopold_agent.cli", *_args(tiny_models, broken, steps=4)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    latest = broken / "checkpoints" / "LATEST"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "step_000002"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.read_text().strip() == "step_000002"
+    assert main(_args(tiny_models, broken, steps=4, extra=["--resume"])) == 0
+    a = {(r["step"], tuple(sorted(r))): _comparable(r) for r in read_metrics(straight)}
+    b = {(r["step"], tuple(sorted(r))): _comparable(r) for r in read_metrics(broken)}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            other = b[key][name]
+            assert (value is None and other is None) or other == pytest.approx(value, rel=1e-6, abs=1e-7), (key[0], name)
+
+
+def test_bad_input_exits_2_with_one_line(tiny_models, tmp_path, capsys):
+    cases = [
+        (["train", "--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
+        (["train", "--set", "train.steps=ten"], "train.steps: expected int"),
+        (["train", "--config", str(tmp_path / "missing.yaml")], "config file not found"),
+        (["train", "--task", "nope"], "no preset for task 'nope'"),
+        (["train", "--student", str(tmp_path / "no_model"), "--teacher", str(tiny_models[1])], "cannot load tokenizer"),
+        (["train", "--env", "no_such_module:Env-v0", "--student", str(tiny_models[0]), "--teacher",
+          str(tiny_models[1]), "--output-dir", str(tmp_path / "x")], "cannot make environment"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--steps", "x"])
+    assert info.value.code == 2
