@@ -1,0 +1,47 @@
+"""Gymnasium tool environments (installed as ``reopold_agent.envs``).
+
+Importing this package registers the built-ins (``reopold_agent/ToolMath-v0``,
+``reopold_agent/Code-v0``, ``reopold_agent/VisualQA-v0``) with gymnasium. See
+``docs/environments.md`` for the contract and how to add an environment.
+"""
+
+from reopold_agent.tasks.spec import Verdict
+
+from .base import Message, ToolEnv
+from .batch import StepOutcome, step_concurrently
+from .checker import ToolEnvCheckError, check_tool_env
+from .registry import (
+    ENTRY_POINT_GROUP,
+    EnvInfo,
+    ToolInfo,
+    UnknownEnvError,
+    list_envs,
+    load_plugin_envs,
+    make_env,
+    register_builtin_envs,
+)
+from .tools import PythonTool, Tool, ToolOutput, validate_arguments
+
+register_builtin_envs()
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EnvInfo",
+    "Message",
+    "PythonTool",
+    "StepOutcome",
+    "Tool",
+    "ToolEnv",
+    "ToolEnvCheckError",
+    "ToolInfo",
+    "ToolOutput",
+    "UnknownEnvError",
+    "Verdict",
+    "check_tool_env",
+    "list_envs",
+    "load_plugin_envs",
+    "make_env",
+    "register_builtin_envs",
+    "step_concurrently",
+    "validate_arguments",
+]

@@ -137,7 +137,10 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id)
     engine = RolloutEngine(backend, tokenizer, config.rollout)
     logger = RunLogger(config.output_dir)
-    resolved = dataclasses.replace(config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path))
+    resolved = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
+        sandbox=dataclasses.replace(config.sandbox, e2b_api_key="<redacted>" if config.sandbox.e2b_api_key else None),
+    )
     if accelerator.is_main_process:
         logger.save_config(to_dict(resolved))
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,

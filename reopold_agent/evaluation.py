@@ -75,12 +75,12 @@ def _with_sampling(engine: RolloutEngine, **changes) -> RolloutEngine:
 
 
 def _majority_correct(group: list[Trajectory]) -> bool:
-    answers = [t.info.get("outcome", {}).get("prediction") for t in group]
+    answers = [t.info.get("outcome", {}).get("extracted") for t in group]
     answers = [a for a in answers if a is not None]
     if not answers:
         return False
     top, _ = Counter(map(str, answers)).most_common(1)[0]
-    return any(str(t.info.get("outcome", {}).get("prediction")) == top and t.reward >= 1.0 for t in group)
+    return any(str(t.info.get("outcome", {}).get("extracted")) == top and t.reward >= 1.0 for t in group)
 
 
 def _mean(values) -> float:

@@ -119,12 +119,14 @@ class Trainer:
         cfg = self.config
         P, G = cfg.train.prompts_per_step, cfg.rollout.group_size
         mine = [p for p in range(P) if p % self.world == self.rank]
+        while len(self._train_envs) < len(mine) * G:
+            self._train_envs.append(self.parts.make_train_env())
+        num_items = self._train_envs[0].num_items() if hasattr(self._train_envs[0], "num_items") else None
         requests = [
-            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), options={"index": step * P + p}, sample_index=g)
+            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), sample_index=g,
+                           options={"index": (step * P + p) % num_items if num_items else step * P + p})
             for p in mine for g in range(G)
         ]
-        while len(self._train_envs) < len(requests):
-            self._train_envs.append(self.parts.make_train_env())
         return self.parts.engine.run(self._train_envs[:len(requests)], requests,
                                      seed=_seed(cfg.train.seed, step, 10_000 + self.rank), step=step)
 

@@ -1,0 +1,195 @@
+"""visual_qa: questions about synthetic images; small text needs the ``zoom`` tool.
+
+A generated scene (448x448) holds coloured circles, squares and triangles on a grid of
+56-pixel cells, plus two or three small boxes with coloured borders, each holding a 3-4 digit
+number in a 7-8 px font. Questions either count shapes ("How many red circles ...?") or read
+a number ("What number is written in the small box with the blue border?"). Every item keeps
+``bbox``, the region holding its answer, which the gold trajectory zooms into.
+
+Scenes are plain data (``scene``), rendered deterministically by :func:`render_scene`; the
+split of a scene is decided by hashing its description, so train and eval never share one.
+A user's JSON Lines file of ``{"image", "question", "answer", "bbox"?}`` (image paths
+relative to the file) can replace the generated items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from reopold_agent.tool_protocol import tool_call_message
+
+from .answers import answers_match, extract_boxed
+from .data import draw_for_split, read_jsonl
+from .spec import Verdict
+
+SIZE = 448
+CELL = 56
+MAX_ZOOM = 8.0
+BACKGROUND = (246, 245, 240)
+COLORS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220),
+          "yellow": (230, 180, 0), "purple": (148, 60, 189)}
+KINDS = ("circle", "square", "triangle")
+SYSTEM_PROMPT = (
+    "Answer the question about the image. Small details can be read with the zoom tool "
+    "(bbox in pixels). Give the final answer in \\boxed{}."
+)
+
+
+def _draw_scene(rng: np.random.Generator) -> dict[str, Any]:
+    """A random scene description (JSON-able) and one question about it."""
+    cells = [int(c) for c in rng.permutation((SIZE // CELL) ** 2)]
+    n_shapes, n_boxes = int(rng.integers(6, 15)), int(rng.integers(2, 4))
+    box_colors = [str(c) for c in rng.choice(list(COLORS), size=n_boxes, replace=False)]
+    shapes, boxes = [], []
+    for cell in cells[:n_shapes]:
+        r = int(rng.integers(10, 22))
+        x = (cell % 8) * CELL + CELL // 2 + int(rng.integers(-(27 - r), 28 - r))
+        y = (cell // 8) * CELL + CELL // 2 + int(rng.integers(-(27 - r), 28 - r))
+        shapes.append({"kind": KINDS[int(rng.integers(3))],
+                       "color": list(COLORS)[int(rng.integers(len(COLORS)))],
+                       "x": x, "y": y, "r": r})
+    for cell, color in zip(cells[n_shapes:], box_colors):
+        x0 = (cell % 8) * CELL + int(rng.integers(2, 18))
+        y0 = (cell // 8) * CELL + int(rng.integers(2, 36))
+        boxes.append({"color": color, "box": [x0, y0, x0 + 36, y0 + 16],
+                      "text": str(int(rng.integers(100, 10000))),
+                      "font_px": int(rng.integers(7, 9))})
+    if rng.random() < 0.5:
+        target = shapes[int(rng.integers(len(shapes)))]
+        hits = [s for s in shapes if (s["kind"], s["color"]) == (target["kind"], target["color"])]
+        bbox = [min(s["x"] - s["r"] for s in hits) - 4, min(s["y"] - s["r"] for s in hits) - 4,
+                max(s["x"] + s["r"] for s in hits) + 4, max(s["y"] + s["r"] for s in hits) + 4]
+        question = f"How many {target['color']} {target['kind']}s are in the image?"
+        answer, qtype = str(len(hits)), "count"
+    else:
+        box = boxes[int(rng.integers(len(boxes)))]
+        x0, y0, x1, y1 = box["box"]
+        bbox = [x0 - 6, y0 - 6, x1 + 6, y1 + 6]
+        question = f"What number is written in the small box with the {box['color']} border?"
+        answer, qtype = box["text"], "read"
+    bbox = [max(0, min(SIZE, v)) for v in bbox]
+    return {"scene": {"shapes": shapes, "boxes": boxes}, "question": question,
+            "answer": answer, "qtype": qtype, "bbox": bbox}
+
+
+def render_scene(scene: dict[str, Any]) -> Image.Image:
+    """Draw a scene description as a 448x448 RGB image (deterministic)."""
+    image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for s in scene["shapes"]:
+        x, y, r, fill = s["x"], s["y"], s["r"], COLORS[s["color"]]
+        if s["kind"] == "circle":
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+        elif s["kind"] == "square":
+            draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+        else:
+            draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+    for b in scene["boxes"]:
+        draw.rectangle(b["box"], fill=(255, 255, 255), outline=COLORS[b["color"]], width=1)
+        font = ImageFont.load_default(size=b["font_px"])
+        draw.text((b["box"][0] + 3, b["box"][1] + 4), b["text"], fill=(20, 20, 20), font=font)
+    return image
+
+
+def make_item(split: str, index: int, *, seed: int = 0) -> dict[str, Any]:
+    """Generated item ``index`` of ``split``.
+
+    Returns:
+        ``{"scene", "question", "answer", "qtype", "bbox", "image"}`` (``image`` rendered).
+    """
+    item = draw_for_split(split, seed, index, _draw_scene,
+                          key=lambda it: json.dumps([it["scene"], it["question"]]))
+    return {**item, "image": render_scene(item["scene"])}
+
+
+def load_items(path: str | Path) -> list[dict[str, Any]]:
+    """Items from a user's JSON Lines file of ``{"image", "question", "answer", "bbox"?}``.
+
+    Image paths are relative to the file; images are opened when an item is played.
+
+    Raises:
+        TaskDataError: a missing file or a bad line (the message names the line).
+    """
+    path = Path(path)
+    rows = read_jsonl(path, {"image": str, "question": str, "answer": (str, int, float)})
+    return [{**row, "image_path": str(path.parent / row["image"]), "answer": str(row["answer"])}
+            for row in rows]
+
+
+def open_image(item: dict[str, Any]) -> Image.Image:
+    """The item's image as RGB (rendered, given, or opened from ``image_path``)."""
+    if isinstance(item.get("image"), Image.Image):
+        return item["image"].convert("RGB")
+    return Image.open(item.get("image_path") or item["image"]).convert("RGB")
+
+
+def zoom(image: Image.Image, bbox: list[float], scale: float | None = None
+         ) -> tuple[Image.Image, str]:
+    """Crop ``bbox`` (pixels, clipped to the image) and enlarge it.
+
+    Args:
+        image: the full image.
+        bbox: ``[x0, y0, x1, y1]`` with x0 < x1 and y0 < y1.
+        scale: enlargement factor in [1, 8]; default fits the longest side to 448 px.
+
+    Returns:
+        The zoomed image and a one-line description.
+
+    Raises:
+        ValueError: an empty or inverted box, or a scale outside [1, 8].
+    """
+    w, h = image.size
+    if not all(math.isfinite(v) for v in bbox):
+        raise ValueError(f"bbox values must be finite numbers, got {list(bbox)}")
+    x0, y0, x1, y1 = (int(round(v)) for v in bbox)
+    x0, x1 = max(0, min(w, x0)), max(0, min(w, x1))
+    y0, y1 = max(0, min(h, y0)), max(0, min(h, y1))
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"bbox {list(bbox)} is empty inside the {w}x{h} image; "
+                         "use [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+    if scale is None:
+        scale = max(1.0, min(MAX_ZOOM, SIZE / max(x1 - x0, y1 - y0)))
+    if not 1.0 <= scale <= MAX_ZOOM:
+        raise ValueError(f"scale must be between 1 and {MAX_ZOOM:g}, got {scale}")
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    out = image.crop((x0, y0, x1, y1)).resize(size, Image.Resampling.BICUBIC)
+    return out, f"Zoomed into [{x0}, {y0}, {x1}, {y1}] at {scale:.2f}x ({size[0]}x{size[1]} px)."
+
+
+def prompt_messages(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """System message, then a user message with the image and the question."""
+    image = open_image(item)
+    text = f"{item['question']} (The image is {image.width}x{image.height} pixels.)"
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": text}]}]
+
+
+def verify(item: dict[str, Any], text: str) -> Verdict:
+    """1.0 when the last ``\\boxed{}`` matches the answer (numbers numerically), else 0.0."""
+    boxed = extract_boxed(text)
+    if boxed is None:
+        return Verdict(0.0, None, "no \\boxed{} answer")
+    ok = answers_match(boxed, item["answer"])
+    return Verdict(1.0 if ok else 0.0, boxed, "correct" if ok else "wrong answer")
+
+
+def gold_turns(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gold continuation: zoom into ``bbox``, see the crop, answer in ``\\boxed{}``.
+
+    Items without ``bbox`` (user data) get the final answer only.
+    """
+    final = {"role": "assistant", "content": f"\\boxed{{{item['answer']}}}"}
+    if not item.get("bbox"):
+        return [final]
+    zoomed, note = zoom(open_image(item), item["bbox"])
+    return [tool_call_message("", [("zoom", {"bbox": list(item["bbox"])})]),
+            {"role": "tool", "name": "zoom",
+             "content": [{"type": "image", "image": zoomed}, {"type": "text", "text": note}]},
+            final]
