@@ -74,6 +74,7 @@ class ToolEnv(gymnasium.Env[list, str]):
         *,
         tools: Sequence[Tool],
         split: str = "train",
+        sandbox: Any = None,
         max_tool_rounds: int = 4,
         max_calls_per_turn: int = 4,
         max_turn_chars: int = DEFAULT_MAX_CHARS,
@@ -82,6 +83,8 @@ class ToolEnv(gymnasium.Env[list, str]):
         """Args:
             tools: tools the model may call (names must be unique).
             split: ``"train"`` or ``"eval"``.
+            sandbox: the run's code sandbox (:class:`reopold_agent.sandbox.Sandbox`), kept as
+                ``self.sandbox`` for tools that run code; the trainer passes it to every env.
             max_tool_rounds: assistant turns with tool calls before the episode is truncated.
             max_calls_per_turn: tool calls run per turn; extra ones are reported as errors.
             max_turn_chars: longer assistant turns are rejected with one error message.
@@ -100,6 +103,7 @@ class ToolEnv(gymnasium.Env[list, str]):
             raise ValueError(f"tool names must be unique, got {names}")
         self.tools = list(tools)
         self.split = split
+        self.sandbox = sandbox
         self.max_tool_rounds = max_tool_rounds
         self.max_calls_per_turn = max_calls_per_turn
         self.max_turn_chars = max_turn_chars

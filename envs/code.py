@@ -43,9 +43,8 @@ class CodeEnv(ToolEnv):
             test_timeout_s: wall-clock limit of the hidden-test run of a final answer.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
-        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
+        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split, sandbox=sandbox,
                          **limits)
-        self.sandbox = sandbox
         self.data_seed = data_seed
         self.test_timeout_s = test_timeout_s
         self.size = train_size if split == "train" else eval_size

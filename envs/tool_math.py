@@ -46,9 +46,8 @@ class ToolMathEnv(ToolEnv):
             python_timeout_s: wall-clock limit of one python call.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
-        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
+        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split, sandbox=sandbox,
                          **limits)
-        self.sandbox = sandbox
         self.data_seed = data_seed
         self.levels = tuple(levels)
         self.data = tool_math.load_items(data_path) if data_path is not None else None

@@ -95,6 +95,8 @@ def resolve_config(args: argparse.Namespace):
     from .train_config import TrainConfig
 
     data = load_yaml(preset_path(args.task))
+    if args.env is not None:
+        data.get("task", {}).pop("env_kwargs", None)  # the preset's kwargs are for its own environment
     for path in args.config:
         data = deep_merge(data, load_yaml(path))
     flags = {

@@ -103,7 +103,8 @@ class Trainer:
         )
         t3 = time.perf_counter()
         parts.engine.backend.sync_weights(parts.student)
-        metrics = {**stats, **rollout_metrics(trajectories)}
+        metrics = {**stats, **rollout_metrics(trajectories),
+                   **{f"time/rollout_{k}": v for k, v in parts.engine.timings.items()}}
         model_tokens = sum(t.num_model_tokens for t in trajectories)
         metrics.update({
             "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,

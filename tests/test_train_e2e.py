@@ -128,3 +128,25 @@ def test_bad_input_exits_2_with_one_line(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--steps", "x"])
     assert info.value.code == 2
+
+
+def test_user_registered_environment_trains_for_a_step(tiny_models, tmp_path):
+    out = tmp_path / "units"
+    argv = _args(tiny_models, out, steps=1) + ["--env", "tests.envs.example_env:example/Units-v0",
+                                                "--set", "eval.num_problems=2"]
+    assert main(argv) == 0
+    trajs, _ = read_trajectories(out / "trajectories" / "step_000000.jsonl")
+    assert len(trajs) == 4 and all(t.task == "units" for t in trajs)
+    assert "convert" in trajs[0].messages[0]["content"] or trajs[0].messages[0]["role"] == "system"
+
+
+def test_sft_and_eval_commands(tiny_models, tmp_path, capsys):
+    out = tmp_path / "sft"
+    assert main(["sft", "--task", "tool_math", "--student", str(tiny_models[0]), "--steps", "3",
+                 "--output-dir", str(out)]) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    capsys.readouterr()
+    assert main(["eval", "--task", "tool_math", "--student", str(out), "--num-problems", "2", "--samples", "2",
+                 "--set", "rollout.max_turn_tokens=16"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["eval/num_problems"] == 2.0 and "eval/pass@2" in report and "eval/maj@2" in report

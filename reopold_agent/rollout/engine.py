@@ -13,6 +13,7 @@ tool call is ever executed and no tool output or image is appended without its t
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,18 +84,26 @@ class RolloutEngine:
             if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
                 stop.add(end_id)
         self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)))
+        self.timings: dict[str, float] = {}
+        """Seconds spent in the last :meth:`run`: generate_s (model), env_s (environment steps
+        and their tools, concurrent), template_s (chat templating and bookkeeping)."""
 
     def run(self, envs: list[Any], requests: list[EpisodeRequest], *, seed: int, step: int = 0,
             task: str = "") -> list[Trajectory]:
         """Play one episode per (env, request) pair and return their trajectories, in order."""
         if len(envs) != len(requests):
             raise ValueError(f"{len(envs)} environments but {len(requests)} requests")
+        self.timings = {"generate_s": 0.0, "env_s": 0.0, "template_s": 0.0}
+        start = time.perf_counter()
         episodes = [self._open(env, req) for env, req in zip(envs, requests)]
+        self.timings["template_s"] += time.perf_counter() - start
         for turn in range(self.config.max_turns):
             active = [ep for ep in episodes if not ep.done]
             if not active:
                 break
+            start = time.perf_counter()
             self._generate_turn(active, seed=seed * 1000 + turn)
+            self.timings["generate_s"] += time.perf_counter() - start
             self._step_envs([ep for ep in active if not ep.done])
         for ep in episodes:
             if not ep.done:
@@ -127,7 +136,10 @@ class RolloutEngine:
         if not active:
             return
         actions = [_strip_eos(ep.last_text, self.tokenizer) for ep in active]
+        start = time.perf_counter()
         outcomes = step_concurrently([ep.env for ep in active], actions, max_workers=self.config.tool_workers)
+        self.timings["env_s"] += time.perf_counter() - start
+        start = time.perf_counter()
         for ep, out in zip(active, outcomes):
             if out.error is not None:
                 ep.info["env_error"] = str(out.error)
@@ -145,6 +157,7 @@ class RolloutEngine:
                 ep.finish(EndReason.TURN_LIMIT)
                 continue
             self._append_tool_turn(ep, out.observation)
+        self.timings["template_s"] += time.perf_counter() - start
 
     def _append_tool_turn(self, ep: _Episode, observation: list[dict]) -> None:
         ids = self.templater.tool_turn_ids(ep.last_text, observation)
