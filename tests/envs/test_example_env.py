@@ -24,8 +24,8 @@ def test_example_env_passes_the_checker_and_plays_a_gold_episode():
 
 
 def test_docs_show_the_same_example_code():
-    docs = (Path(__file__).parents[2] / "docs" / "environments.md").read_text()
     code = (Path(__file__).parent / "example_env.py").read_text()
     body = code.split('"""', 2)[2].strip()  # without the module docstring
-    assert body in docs
+    for doc in ("docs/environments.md", "README.md"):
+        assert body in (Path(__file__).parents[2] / doc).read_text(), doc
     assert len(body.splitlines()) < 40
