@@ -1,7 +1,8 @@
 """``reopold-agent``: the command line, and the only place that wires components together.
 
 Commands: ``train`` (on-policy distillation), ``sft`` (supervised cold start), ``eval``
-(accuracy, pass@k, maj@k), ``envs`` (list environments and their tools). Bad flags, unknown
+(accuracy, pass@k, maj@k), ``envs`` (list environments and their tools), ``replay``
+(interactive token-level view of trajectories, HTML export) and ``plot`` (training figures). Bad flags, unknown
 config keys, missing files and models that cannot be loaded end with a one-line message on
 stderr and exit code 2, never a traceback.
 """
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .config_loading import ConfigError
+from .replay.commands import add_replay_commands, run_plot_command, run_replay_command
 
 EXIT_USAGE = 2
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list available environments and their tools")
     envs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_replay_commands(sub)
     return parser
 
 
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("replay", "plot"):
+            return run_replay_command(args) if args.command == "replay" else run_plot_command(args)
         if args.command == "envs":
             from .commands import list_envs_command
 

@@ -1,0 +1,97 @@
+"""Re-run a recorded ``python`` tool call in the sandbox and compare with what was recorded.
+
+The new output is formatted exactly as the environments format it for the model
+(:func:`reopold_agent.envs.tools.format_sandbox_result`, then
+:func:`reopold_agent.tool_protocol.truncate_output` at the environment's
+``max_tool_output_chars``), so an unchanged program with deterministic output matches the
+recorded tool message character for character. Only ``python`` calls can be re-run: other tools
+depend on episode state (images, files) that the trajectory does not store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from ..sandbox import Sandbox, SandboxConfig
+from ..tool_protocol import truncate_output
+from .turns import ToolCallView
+
+DEFAULT_MAX_OUTPUT_CHARS = 4_000
+"""The environments' default ``max_tool_output_chars``."""
+
+
+@dataclass
+class RerunResult:
+    """Outcome of re-running one recorded tool call."""
+
+    call: ToolCallView
+    ran: bool
+    """False when the call could not be re-run (malformed, not python, sandbox failure)."""
+    matches: bool | None
+    """Whether the new output equals the recorded one; None when it did not run."""
+    output: str
+    """The new tool output (as the model would see it), or why it did not run."""
+    diff: str = ""
+    """Unified diff recorded -> new when they differ."""
+
+    def headline(self) -> str:
+        where = f"turn {self.call.turn} call {self.call.index}"
+        if not self.ran:
+            return f"{where}: not re-run ({self.output})"
+        return f"{where}: output {'MATCHES' if self.matches else 'DIFFERS from'} the recording"
+
+
+def sandbox_config_from_run(config: dict[str, Any]) -> SandboxConfig:
+    """``SandboxConfig`` from a run's ``sandbox:`` section (unknown keys ignored)."""
+    section = config.get("sandbox") or {}
+    names = {f.name for f in dataclasses.fields(SandboxConfig)}
+    try:
+        return SandboxConfig(**{k: v for k, v in section.items() if k in names})
+    except (TypeError, ValueError):
+        return SandboxConfig()
+
+
+def max_output_chars_from_run(config: dict[str, Any]) -> int:
+    """``task.env_kwargs.max_tool_output_chars`` of a run, else the environments' default."""
+    kwargs = (config.get("task") or {}).get("env_kwargs") or {}
+    value = kwargs.get("max_tool_output_chars", DEFAULT_MAX_OUTPUT_CHARS)
+    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_OUTPUT_CHARS
+
+
+def rerun_tool_call(call: ToolCallView, sandbox: Sandbox, *, timeout_s: float = 10.0,
+                    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS) -> RerunResult:
+    """Run ``call`` again in ``sandbox`` and compare with its recorded output.
+
+    Never raises on a bad call or a sandbox failure: both come back as ``ran=False``.
+    """
+    from reopold_agent.envs.tools import format_sandbox_result
+
+    if call.arguments is None:
+        return RerunResult(call, False, None, f"malformed call ({call.error})")
+    if call.name != "python":
+        return RerunResult(call, False, None, f"only python calls can be re-run, not {call.name!r}")
+    code = call.arguments.get("code")
+    if not isinstance(code, str):
+        return RerunResult(call, False, None, "the call has no 'code' string")
+    try:
+        res = sandbox.run(code, timeout_s=timeout_s)
+    except Exception as exc:  # sandbox unavailable here: report, do not crash the viewer
+        return RerunResult(call, False, None, f"sandbox failed: {type(exc).__name__}: {exc}")
+    out = format_sandbox_result(res.stdout, res.stderr, res.exit_code, res.limit, res.duration_s)
+    text = truncate_output(out.text, max_output_chars)
+    recorded = call.output
+    if recorded is None:
+        return RerunResult(call, True, False, text, "(no recorded output)")
+    if text == recorded:
+        return RerunResult(call, True, True, text)
+    diff = "\n".join(difflib.unified_diff(recorded.splitlines(), text.splitlines(),
+                                          "recorded", "re-run", lineterm=""))
+    return RerunResult(call, True, False, text, diff)
+
+
+def rerun_turn(calls: list[ToolCallView], sandbox: Sandbox, **kwargs: Any) -> list[RerunResult]:
+    """:func:`rerun_tool_call` for every call of a turn, in order."""
+    return [rerun_tool_call(call, sandbox, **kwargs) for call in calls]

@@ -1,0 +1,56 @@
+"""``replay`` / ``plot`` argument parsing and user errors (exit code 2 through the CLI)."""
+
+import argparse
+
+import pytest
+
+from reopold_agent.cli import UsageError
+from reopold_agent.replay.commands import add_replay_commands, run_plot_command, run_replay_command
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    add_replay_commands(parser.add_subparsers(dest="command"))
+    return parser.parse_args(list(argv))
+
+
+def test_export_with_step_and_index(synthetic_run, tmp_path, capsys):
+    out = tmp_path / "p.html"
+    args = _args("replay", str(synthetic_run), "--export", "html", str(out), "--step", "1",
+                 "--index", "1", "--no-tokenizer", "--color", "entropy")
+    assert run_replay_command(args) == 0
+    page = out.read_text()
+    assert "visual_qa" in page and "<option value='entropy' selected>" in page
+    err = capsys.readouterr().err
+    assert "skipped " in err and "step_000001.jsonl:2: not valid JSON" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["replay", "{missing}"], "does not exist"),
+    (["replay", "{run}", "--export", "pdf", "x.pdf"], "unknown export format"),
+    (["replay", "{run}", "--export", "html", "x.html", "--filter", "reward>1"], "no trajectories match"),
+    (["replay", "{run}", "--export", "html", "x.html", "--index", "99"], "out of range"),
+    (["replay", "{run}", "--filter", "bogus=1"], "filter term"),
+    (["replay", "{run}"], "needs an interactive terminal"),
+    (["plot", "{missing}"], "not a run directory"),
+])
+def test_user_errors_are_usage_errors(synthetic_run, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(run=synthetic_run, missing=tmp_path / "nope") for a in argv]
+    args = _args(*argv)
+    run = run_replay_command if args.command == "replay" else run_plot_command
+    with pytest.raises(UsageError, match=message):
+        run(args)
+
+
+def test_empty_trajectories_folder(tmp_path):
+    (tmp_path / "trajectories").mkdir()
+    with pytest.raises(UsageError, match="no trajectory files"):
+        run_replay_command(_args("replay", str(tmp_path)))
+
+
+def test_plot_command_prints_the_figures(synthetic_run, tmp_path, capsys):
+    assert run_plot_command(_args("plot", str(synthetic_run), "--out", str(tmp_path / "f"))) == 0
+    out = capsys.readouterr()
+    assert "training_curves.png" in out.out and "reward_histogram.png" in out.out
+    assert "step_000002.jsonl:3" in out.err
