@@ -47,7 +47,8 @@ def play(backend, episodes: int, prompt_len: int, tool_len: int, turn_tokens: in
     lps = [[None] * prompt_len for _ in range(episodes)]
     ents = [[None] * prompt_len for _ in range(episodes)]
     for turn in range(2):
-        gens = backend.generate(seqs, [turn_tokens] * episodes, SamplingParams(), seed=turn)
+        gens = backend.generate(seqs, [turn_tokens] * episodes, SamplingParams(),
+                                seeds=[turn * episodes + i for i in range(episodes)])
         for i, gen in enumerate(gens):
             seqs[i] += gen.token_ids
             src[i] += ["model"] * len(gen.token_ids)

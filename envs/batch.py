@@ -41,8 +41,8 @@ def _error_outcome(message: str, duration_s: float) -> StepOutcome:
     return StepOutcome([], 0.0, False, True, {}, message, duration_s)
 
 
-def _guarded_step(env: ToolEnv, action: str) -> StepOutcome:
-    """``env.step(action)`` with any exception turned into an error outcome."""
+def guarded_step(env: ToolEnv, action: str) -> StepOutcome:
+    """``env.step(action)`` with any exception turned into an error outcome (never raises)."""
     start = time.perf_counter()
     try:
         obs, reward, terminated, truncated, info = env.step(action)
@@ -86,7 +86,7 @@ def step_concurrently(
 
     def work(i: int) -> None:
         with slots:
-            results[i] = _guarded_step(envs[i], actions[i])
+            results[i] = guarded_step(envs[i], actions[i])
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"reopold-env-{i}")
                for i in range(len(envs))]

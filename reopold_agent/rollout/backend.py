@@ -52,7 +52,7 @@ class GenerationBackend(abc.ABC):
         max_new_tokens: list[int],
         params: SamplingParams,
         *,
-        seed: int,
+        seeds: list[int],
         extra_inputs: list[dict[str, Any] | None] | None = None,
     ) -> list[Generation]:
         """Sample one continuation per prompt.
@@ -61,7 +61,10 @@ class GenerationBackend(abc.ABC):
             prompts: B lists of token ids (full context so far, never re-tokenised).
             max_new_tokens: [B] per-row budgets (>= 1).
             params: sampling settings shared by the batch.
-            seed: seeds the sampling RNG so a resumed run reproduces its rollouts.
+            seeds: [B] one seed per row. A row's samples must depend only on its own prompt,
+                budget, seed and the model, never on its position in the batch or on the
+                other rows, so that a resumed run reproduces its rollouts however the
+                engine happens to group episodes into batches.
             extra_inputs: per-row model inputs besides ids (e.g. image features), or None.
         """
 

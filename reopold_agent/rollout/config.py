@@ -28,11 +28,19 @@ class RolloutConfig:
     built-in environments describe their tools in a short system prompt (the full JSON dump
     doubles tiny-model prompts)."""
     tool_workers: int = 32
-    """Threads running environment steps (tool calls) concurrently."""
+    """Threads running environment steps (tool calls) concurrently; each episode's step is
+    submitted as soon as its turn is generated, and the episode continues when its step is done."""
+    tool_batch_wait_s: float = 0.02
+    """After the first pending tool step finishes, wait up to this long for others finishing
+    almost together, so they share the next generation batch (0 = continue at once). Larger
+    values mean fuller generation batches but more latency per turn; a slow tool never delays
+    other episodes by more than this."""
 
     def __post_init__(self) -> None:
         for name in ("group_size", "max_turn_tokens", "max_episode_tokens", "max_turns", "tool_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.tool_batch_wait_s >= 0:
+            raise ValueError(f"rollout.tool_batch_wait_s must be >= 0, got {self.tool_batch_wait_s}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")

@@ -1,28 +1,41 @@
 """The multi-turn rollout engine: many tool episodes played at once, token in, token out.
 
-Each turn the student generates for every active episode in one batched backend call (stopping
-at ``</tool_call>`` or end of turn), the environments of all episodes step concurrently (their
-tool calls run in parallel; a slow tool delays only its own episode), and the tool messages are
-templated and appended as token ids with loss mask 0. Sampled ids are never re-tokenised.
+Episodes do not move in lockstep. Every episode whose previous tool results are in ("ready")
+generates its next turn in one batched backend call (stopping at ``</tool_call>`` or end of
+turn); right after, each episode's ``env.step`` is submitted to a thread pool as its own future.
+The engine then waits for the first step to finish, plus up to ``rollout.tool_batch_wait_s`` for
+steps finishing almost together, appends those tool messages (templated token ids, loss mask 0)
+and generates again for the episodes that are ready. A slow or hanging tool therefore delays
+only its own episode, bounded by that tool's own timeout, never the whole batch. Sampled ids are
+never re-tokenised.
+
+Which episodes share a generation batch depends on timing, so sampling must not: each episode's
+turn is sampled with its own seed, derived from (run seed, episode index, turn), and the backend
+keeps rows independent of their batch (see :mod:`.sampling`). A resumed run thus reproduces its
+rollouts whatever the tools' timing.
 
 Budgets: ``max_turn_tokens`` caps one assistant turn, ``max_episode_tokens`` the whole sequence
-(prompt included). A turn cut by a budget ends the episode before its tool calls run, so no half
-tool call is ever executed and no tool output or image is appended without its tokens.
+(prompt included), ``max_turns`` the assistant turns of one episode. A turn cut by a budget ends
+the episode before its tool calls run, so no half tool call is ever executed and no tool output
+or image is appended without its tokens.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from reopold_agent.envs.batch import step_concurrently
+from reopold_agent.envs.batch import StepOutcome, guarded_step
 
 from ..trajectory import EndReason, TokenSource, Trajectory
 from .backend import GenerationBackend, SamplingParams
 from .config import RolloutConfig
 from .templating import ChatTemplater
+
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -37,7 +50,9 @@ class EpisodeRequest:
 class _Episode:
     """Mutable state of one running episode (internal)."""
 
-    def __init__(self, env: Any, request: EpisodeRequest, messages: list, info: dict, prompt_ids: list[int]):
+    def __init__(self, index: int, env: Any, request: EpisodeRequest, messages: list, info: dict,
+                 prompt_ids: list[int]):
+        self.index = index
         self.env = env
         self.request = request
         self.info = info
@@ -47,6 +62,7 @@ class _Episode:
         self.logprobs: list[float | None] = [None] * n
         self.entropy: list[float | None] = [None] * n
         self.turn_index = 0
+        self.last_text = ""
         self.done = False
         self.end_reason = EndReason.ANSWERED
         self.reward = 0.0
@@ -70,7 +86,7 @@ class RolloutEngine:
     Args:
         backend: samples assistant turns.
         tokenizer: the student's tokenizer (its chat template renders prompts and tool turns).
-        config: budgets and sampling settings.
+        config: budgets, sampling settings, tool threads and the straggler wait.
     """
 
     def __init__(self, backend: GenerationBackend, tokenizer: Any, config: RolloutConfig) -> None:
@@ -85,43 +101,71 @@ class RolloutEngine:
                 stop.add(end_id)
         self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)))
         self.timings: dict[str, float] = {}
-        """Seconds spent in the last :meth:`run`: generate_s (model), env_s (environment steps
-        and their tools, concurrent), template_s (chat templating and bookkeeping)."""
+        """Seconds spent in the last :meth:`run`: generate_s (model), env_s (waiting for tool
+        steps with no episode ready to generate), template_s (chat templating and bookkeeping)."""
 
     def run(self, envs: list[Any], requests: list[EpisodeRequest], *, seed: int, step: int = 0,
             task: str = "") -> list[Trajectory]:
-        """Play one episode per (env, request) pair and return their trajectories, in order."""
+        """Play one episode per (env, request) pair and return their trajectories, in order.
+
+        Episode ``i``'s turn ``k`` is sampled with :func:`episode_seed` ``(seed, i, k)``, so the
+        trajectories depend on ``seed`` and the order of the pairs, not on tool timing.
+        """
         if len(envs) != len(requests):
             raise ValueError(f"{len(envs)} environments but {len(requests)} requests")
         self.timings = {"generate_s": 0.0, "env_s": 0.0, "template_s": 0.0}
         start = time.perf_counter()
-        episodes = [self._open(env, req) for env, req in zip(envs, requests)]
+        episodes = [self._open(i, env, req) for i, (env, req) in enumerate(zip(envs, requests))]
         self.timings["template_s"] += time.perf_counter() - start
-        for turn in range(self.config.max_turns):
-            active = [ep for ep in episodes if not ep.done]
-            if not active:
-                break
-            start = time.perf_counter()
-            self._generate_turn(active, seed=seed * 1000 + turn)
-            self.timings["generate_s"] += time.perf_counter() - start
-            self._step_envs([ep for ep in active if not ep.done])
-        for ep in episodes:
-            if not ep.done:
-                ep.finish(EndReason.TURN_LIMIT)
+        with ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="reopold-tool") as pool:
+            self._play(episodes, pool, seed)
         return [self._to_trajectory(ep, step=step, task=task) for ep in episodes]
 
-    def _open(self, env: Any, request: EpisodeRequest) -> _Episode:
+    def _play(self, episodes: list[_Episode], pool: Executor, seed: int) -> None:
+        """Generate for ready episodes, submit their steps, absorb finished steps; until all end."""
+        ready = [ep for ep in episodes if not ep.done]
+        pending: dict[Future, _Episode] = {}
+        while ready or pending:
+            if ready:
+                self._generate_turn(ready, seed=seed)
+                for ep in ready:
+                    if not ep.done:
+                        action = _strip_eos(ep.last_text, self.tokenizer)
+                        pending[pool.submit(guarded_step, ep.env, action)] = ep
+            ready = []
+            for ep, outcome in self._wait_for_steps(pending):
+                start = time.perf_counter()
+                self._absorb(ep, outcome)
+                self.timings["template_s"] += time.perf_counter() - start
+                if not ep.done:
+                    ready.append(ep)
+
+    def _wait_for_steps(self, pending: dict[Future, _Episode]) -> list[tuple[_Episode, StepOutcome]]:
+        """Block until a step finishes, then up to the straggler wait; pop the finished ones."""
+        if not pending:
+            return []
+        start = time.perf_counter()
+        done, rest = wait(pending, return_when=FIRST_COMPLETED)
+        if rest and self.config.tool_batch_wait_s > 0:
+            done |= wait(rest, timeout=self.config.tool_batch_wait_s).done
+        self.timings["env_s"] += time.perf_counter() - start
+        return sorted(((pending.pop(f), f.result()) for f in done), key=lambda pair: pair[0].index)
+
+    def _open(self, index: int, env: Any, request: EpisodeRequest) -> _Episode:
         messages, info = env.reset(seed=request.seed, options=request.options)
         prompt_ids = self.templater.prompt_ids(messages, info.get("tools"))
-        ep = _Episode(env, request, messages, info, prompt_ids)
+        ep = _Episode(index, env, request, messages, info, prompt_ids)
         if len(prompt_ids) >= self.config.max_episode_tokens:
             ep.finish(EndReason.EPISODE_TOKEN_BUDGET)
         return ep
 
     def _generate_turn(self, active: list[_Episode], *, seed: int) -> None:
+        """Sample the next turn of every episode in ``active`` in one backend call."""
         cfg = self.config
         budgets = [min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)) for ep in active]
-        gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seed=seed)
+        seeds = [episode_seed(seed, ep.index, ep.turn_index) for ep in active]
+        start = time.perf_counter()
+        gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds)
         for ep, gen, budget in zip(active, gens, budgets):
             ep.turn_index += 1
             ep.append(gen.token_ids, TokenSource.MODEL.value, list(gen.logprobs), list(gen.entropy))
@@ -131,33 +175,27 @@ class RolloutEngine:
             if gen.finish_reason == "length":
                 over_episode = budget < cfg.max_turn_tokens
                 ep.finish(EndReason.EPISODE_TOKEN_BUDGET if over_episode else EndReason.TURN_TOKEN_BUDGET)
+        self.timings["generate_s"] += time.perf_counter() - start
 
-    def _step_envs(self, active: list[_Episode]) -> None:
-        if not active:
+    def _absorb(self, ep: _Episode, out: StepOutcome) -> None:
+        """Apply one finished env step: end the episode, or append its tool turn."""
+        if out.error is not None:
+            ep.info["env_error"] = str(out.error)
+            ep.finish(EndReason.ENV_ERROR)
             return
-        actions = [_strip_eos(ep.last_text, self.tokenizer) for ep in active]
-        start = time.perf_counter()
-        outcomes = step_concurrently([ep.env for ep in active], actions, max_workers=self.config.tool_workers)
-        self.timings["env_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        for ep, out in zip(active, outcomes):
-            if out.error is not None:
-                ep.info["env_error"] = str(out.error)
-                ep.finish(EndReason.ENV_ERROR)
-                continue
-            ep.tool_calls += int(out.info.get("tool_calls", 0))
-            ep.tool_errors += int(out.info.get("tool_errors", 0))
-            ep.reward = float(out.reward)
-            if out.terminated or out.truncated:
-                ep.info["outcome"] = _jsonable(out.info)
-            if out.terminated:
-                ep.finish(EndReason.ANSWERED)
-                continue
-            if out.truncated or not out.observation:
-                ep.finish(EndReason.TURN_LIMIT)
-                continue
+        ep.tool_calls += int(out.info.get("tool_calls", 0))
+        ep.tool_errors += int(out.info.get("tool_errors", 0))
+        ep.reward = float(out.reward)
+        if out.terminated or out.truncated:
+            ep.info["outcome"] = _jsonable(out.info)
+        if out.terminated:
+            ep.finish(EndReason.ANSWERED)
+        elif out.truncated or not out.observation:
+            ep.finish(EndReason.TURN_LIMIT)
+        else:
             self._append_tool_turn(ep, out.observation)
-        self.timings["template_s"] += time.perf_counter() - start
+            if not ep.done and ep.turn_index >= self.config.max_turns:
+                ep.finish(EndReason.TURN_LIMIT)
 
     def _append_tool_turn(self, ep: _Episode, observation: list[dict]) -> None:
         ids = self.templater.tool_turn_ids(ep.last_text, observation)
@@ -187,6 +225,21 @@ class RolloutEngine:
             step=step,
             info={k: _jsonable(v) for k, v in ep.info.items() if k not in ("tools",)},
         )
+
+
+def episode_seed(run_seed: int, index: int, turn: int) -> int:
+    """The sampling seed of episode ``index``'s turn ``turn`` (0-based) in a run seeded ``run_seed``.
+
+    A splitmix64-style chain over the three integers (Python ints, so no overflow), giving
+    unrelated 64-bit seeds for neighbouring episodes and turns.
+    """
+    h = 0
+    for value in (run_seed, index, turn):
+        h = ((h ^ (value & _MASK64)) + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h
 
 
 def _eos_ids(tokenizer: Any) -> list[int]:

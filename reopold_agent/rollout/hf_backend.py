@@ -7,7 +7,9 @@ which are warped), gives every row its own token budget and stop set, and costs 
 ``generate`` on an H100).
 
 Prompts are left-padded; position ids are computed from the attention mask, so rows of different
-lengths are exact (a row's logits do not depend on the padding of others).
+lengths are exact (a row's logits do not depend on the padding of others, up to float rounding of
+batched kernels, ~1e-7 on CPU). Sampling is batch-invariant (:mod:`.sampling`): each row draws
+from counter-based noise keyed by its own seed and decode step, never from a shared RNG.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .backend import Generation, GenerationBackend, SamplingParams
+from .sampling import row_keys, sample
 
 
 class HFGenerationBackend(GenerationBackend):
@@ -44,32 +47,34 @@ class HFGenerationBackend(GenerationBackend):
         max_new_tokens: list[int],
         params: SamplingParams,
         *,
-        seed: int,
+        seeds: list[int],
         extra_inputs: list[dict[str, Any] | None] | None = None,
     ) -> list[Generation]:
-        if len(prompts) != len(max_new_tokens):
-            raise ValueError(f"{len(prompts)} prompts but {len(max_new_tokens)} budgets")
+        if not len(prompts) == len(max_new_tokens) == len(seeds):
+            raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
+                             "need one of each per row")
         if extra_inputs is not None and any(x for x in extra_inputs):
             raise NotImplementedError("HFGenerationBackend handles text prompts only")
         out: list[Generation] = []
         for start in range(0, len(prompts), self.max_batch_rows):
             end = start + self.max_batch_rows
-            out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seed + start))
+            out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seeds[start:end]))
         return out
 
     @torch.no_grad()
     def _generate_chunk(
-        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seed: int
+        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int]
     ) -> list[Generation]:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._decode(prompts, budgets, params, seed, device)
+            return self._decode(prompts, budgets, params, seeds, device)
         finally:
             self.model.train(was_training)
 
-    def _decode(self, prompts, budgets, params, seed, device) -> list[Generation]:
+    def _decode(self, prompts, budgets, params, seeds, device) -> list[Generation]:
+        """Decode B rows together; every row stops at its own stop token or budget."""
         B = len(prompts)
         width = max(len(p) for p in prompts)
         ids_BL = torch.full((B, width), self.pad_token_id, dtype=torch.long, device=device)
@@ -80,7 +85,7 @@ class HFGenerationBackend(GenerationBackend):
         pos_BL = (attn_BL.cumsum(-1) - 1).clamp(min=0)
         budget_B = torch.tensor(budgets, device=device)
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
-        generator = torch.Generator(device=device).manual_seed(seed)
+        keys_B = row_keys(seeds, device)
         cache = _new_cache(self.model)
 
         tokens, logps, ents = [], [], []
@@ -90,7 +95,7 @@ class HFGenerationBackend(GenerationBackend):
         for t in range(int(budget_B.max())):
             logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache)
             logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
-            next_B = _sample(logits_BV.float(), params, generator)
+            next_B = sample(logits_BV.float(), params, keys_B, t)
             next_B = torch.where(done_B, torch.full_like(next_B, self.pad_token_id), next_B)
             tokens.append(next_B)
             logps.append(logp_BV.gather(-1, next_B[:, None]).squeeze(-1))
@@ -117,24 +122,6 @@ def _new_cache(model: Any) -> DynamicCache:
         return DynamicCache(config=model.config)
     except TypeError:  # older transformers
         return DynamicCache()
-
-
-def _sample(logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    """Sample one id per row from the temperature/top-k/top-p warped distribution."""
-    if params.temperature <= 0:
-        return logits_BV.argmax(-1)
-    logits_BV = logits_BV / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(logits_BV, min(params.top_k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
-        logits_BV = logits_BV.masked_fill(logits_BV < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits_BV, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token crossing top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits_BV = logits_BV.masked_fill(drop, float("-inf"))
-    probs_BV = logits_BV.softmax(-1)
-    return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
 
 
 def _collect(tokens, logps, ents, budgets, stopped_B, stop_ids) -> list[Generation]:

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from reopold_agent.rollout.backend import SamplingParams
-from reopold_agent.rollout.hf_backend import HFGenerationBackend, _sample
+from reopold_agent.rollout.hf_backend import HFGenerationBackend
 from reopold_agent.sequence_scoring import sequence_logprobs
 from tests import tiny
 
@@ -15,7 +16,7 @@ def test_behaviour_logprobs_and_entropy_match_a_fresh_forward_for_padded_rows():
     tok, m = tiny.tokenizer(), tiny.model("micro")
     prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
     backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
-    gens = backend.generate([prompt, prompt[:7]], [12, 6], SamplingParams(), seed=3)
+    gens = backend.generate([prompt, prompt[:7]], [12, 6], SamplingParams(), seeds=[3, 4])
     for ctx, gen in zip([prompt, prompt[:7]], gens):
         seq = ctx + gen.token_ids
         logp, ent = sequence_logprobs(m, torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long), with_entropy=True)
@@ -29,19 +30,40 @@ def test_same_seed_same_samples_and_stop_token_kept():
     tok, m = tiny.tokenizer(), tiny.model("micro")
     prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
     backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
-    a = backend.generate([prompt] * 3, [30] * 3, SamplingParams(), seed=11)
-    b = backend.generate([prompt] * 3, [30] * 3, SamplingParams(), seed=11)
+    a = backend.generate([prompt] * 3, [30] * 3, SamplingParams(), seeds=[11, 12, 13])
+    b = backend.generate([prompt] * 3, [30] * 3, SamplingParams(), seeds=[11, 12, 13])
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert len({tuple(g.token_ids) for g in a}) == 3  # different seeds, different samples
     # make every token a stop token: each row stops after exactly one token
     stop_all = tuple(range(len(tok)))
-    c = backend.generate([prompt] * 2, [5, 5], SamplingParams(stop_token_ids=stop_all), seed=0)
+    c = backend.generate([prompt] * 2, [5, 5], SamplingParams(stop_token_ids=stop_all), seeds=[0, 1])
     assert [len(g.token_ids) for g in c] == [1, 1] and all(g.finish_reason == "stop" for g in c)
 
 
-def test_greedy_and_top_k_one_agree():
-    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
-    gen = torch.Generator().manual_seed(0)
-    greedy = _sample(logits, SamplingParams(temperature=0.0), gen)
-    top1 = _sample(logits, SamplingParams(top_k=1), gen)
-    nucleus = _sample(logits, SamplingParams(top_p=0.01), gen)
-    assert greedy.tolist() == [1, 0] == top1.tolist() == nucleus.tolist()
+def test_a_row_samples_the_same_tokens_alone_or_in_any_batch():
+    """Different neighbours, padding widths, batch sizes and chunking leave a row's tokens unchanged."""
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    other = prompt[:9]
+    longer = prompt + tok("x = 1 + 2", add_special_tokens=False)["input_ids"]
+    backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
+    alone = backend.generate([prompt], [20], SamplingParams(), seeds=[77])[0]
+    batches = [
+        ([other, prompt], [5, 20], [1, 77], 1),
+        ([longer, prompt, other], [20, 20, 20], [77, 77, 5], 1),  # same seed, other context
+        ([prompt] + [other] * 5, [20] + [3] * 5, [77, 2, 3, 4, 5, 6], 0),
+    ]
+    for prompts, budgets, seeds, row in batches:
+        for max_rows in (256, 2):
+            backend.max_batch_rows = max_rows
+            got = backend.generate(prompts, budgets, SamplingParams(), seeds=seeds)[row]
+            assert got.token_ids == alone.token_ids and got.finish_reason == alone.finish_reason
+            torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-5, rtol=0)
+    assert len(set(alone.token_ids)) > 3  # really sampled, not a degenerate repeat
+
+
+def test_one_seed_per_row_is_required():
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="seeds"):
+        backend.generate([[1, 2], [3]], [2, 2], SamplingParams(), seeds=[0])
