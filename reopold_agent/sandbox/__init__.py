@@ -2,6 +2,8 @@
 
 * ``local`` (default): Linux namespaces + unprivileged identity + rlimits; fail-closed
   (:class:`SandboxUnavailable` when isolation does not work, unless ``allow_unisolated``).
+  By default a pool of ``warm_workers`` fork-server workers runs the programs (several times
+  the throughput of fresh namespaces per execution, ``warm_workers=0``); call ``close()``.
 * ``e2b``: E2B cloud sandboxes; needs an API key.
 
 Example:

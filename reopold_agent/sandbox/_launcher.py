@@ -8,13 +8,15 @@ directly when unisolated execution was allowed. It:
 2. isolated only: makes every mount read-only (``mount_setattr`` with ``AT_RECURSIVE``),
    covers ``hide_paths`` with empty read-only tmpfs, mounts a private size-limited tmpfs on
    ``/tmp`` owned by the sandbox uid and writes the program there;
-3. forks; the child sets rlimits, resets signal dispositions and execs the privilege-drop
-   prefix (``setpriv ...``) followed by ``python -I -u main.py``;
+3. forks; the child (as root: empties the sandbox uid's kernel keyrings, which outlive its
+   processes, see :func:`clear_user_keyrings`) sets rlimits, resets signal dispositions and
+   execs the privilege-drop prefix (``setpriv ...``) followed by ``python -I -u main.py``;
 4. reaps every process (it is the namespace init) until the program exits, then writes one
    JSON line to the status fd: ``{"wait_status": .., "cpu_s": ..}`` or ``{"setup_error": ..}``.
 
 When it exits, the kernel kills whatever is left in the pid namespace. User code never sees
-the status fd (it is close-on-exec), so it cannot forge the status.
+the status fd (it is close-on-exec), so it cannot forge the status. The warm workers
+(``_forkserver.py``, ``_forkchild.py``) reuse the mount, rlimit and keyring helpers.
 """
 
 import ctypes
@@ -29,7 +31,12 @@ _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-_INSIDE_WORKDIR = "/tmp"
+INSIDE_WORKDIR = "/tmp"
+_KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219,
+                   "i686": 288, "armv7l": 311, "ppc64le": 271, "s390x": 280}
+_KEYCTL_CLEAR, _KEYCTL_GET_PERSISTENT = 7, 22
+_KEY_SPEC_PROCESS_KEYRING, _KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING = -2, -4, -5
+_ENOSYS, _EOPNOTSUPP = 38, 95
 
 
 class _MountAttr(ctypes.Structure):
@@ -43,29 +50,73 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _setup_mounts(spec: dict, code: bytes) -> str:
-    """Make the filesystem read-only but for a private tmpfs; return the work directory."""
+def harden_mounts(hide_paths: list) -> None:
+    """Make every mount read-only and cover ``hide_paths`` with empty read-only tmpfs."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
     _check(libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr),
                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr(/, RDONLY)")
     hidden_flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    for path in spec["hide_paths"]:
+    for path in hide_paths:
         if os.path.isdir(path):
             _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", hidden_flags,
                               b"size=4k,nr_inodes=2,mode=0555"), f"mount tmpfs on {path}")
-    uid = spec["uid"]
-    options = f"size={spec['workdir_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
-    _check(libc.mount(b"tmpfs", _INSIDE_WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                      options.encode()), f"mount tmpfs on {_INSIDE_WORKDIR}")
-    path = os.path.join(_INSIDE_WORKDIR, "main.py")
+
+
+def mount_workdir(uid: int, workdir_mb: int, code: bytes) -> str:
+    """Mount a private tmpfs owned by ``uid`` on /tmp, write ``code`` as main.py there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    options = f"size={workdir_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
+    _check(libc.mount(b"tmpfs", INSIDE_WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                      options.encode()), f"mount tmpfs on {INSIDE_WORKDIR}")
+    path = os.path.join(INSIDE_WORKDIR, "main.py")
     with open(path, "wb") as f:
         f.write(code)
     os.chown(path, uid, uid)
-    return _INSIDE_WORKDIR
+    return INSIDE_WORKDIR
 
 
-def _set_rlimits(rlimits: dict) -> None:
+def _setup_mounts(spec: dict, code: bytes) -> str:
+    """Make the filesystem read-only but for a private tmpfs; return the work directory."""
+    harden_mounts(spec["hide_paths"])
+    return mount_workdir(spec["uid"], spec["workdir_mb"], code)
+
+
+def clear_user_keyrings(libc) -> None:
+    """Empty the calling uid's user, user-session and persistent keyrings.
+
+    They belong to the uid (in its user namespace), not to a process: without this, keys one
+    execution adds are readable by the next execution with the same uid. A kernel without
+    keys (ENOSYS) has nothing to clear; on an architecture not in the table this is skipped.
+    """
+    number = _KEYCTL_SYSCALL.get(os.uname().machine)
+    if number is None:
+        return
+    keyctl = libc.syscall
+    keyctl.restype = ctypes.c_long
+    rings = [_KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING]
+    persistent = keyctl(number, ctypes.c_long(_KEYCTL_GET_PERSISTENT), ctypes.c_long(-1),
+                        ctypes.c_long(_KEY_SPEC_PROCESS_KEYRING))
+    if persistent > 0:
+        rings.append(persistent)
+    elif ctypes.get_errno() not in (_ENOSYS, _EOPNOTSUPP):
+        _check(-1, "keyctl(GET_PERSISTENT)")
+    for ring in rings:
+        if keyctl(number, ctypes.c_long(_KEYCTL_CLEAR), ctypes.c_long(ring)) != 0 and \
+                ctypes.get_errno() != _ENOSYS:
+            _check(-1, f"keyctl(CLEAR, {ring})")
+
+
+def _clear_keyrings_as(uid: int) -> None:
+    """As root: clear ``uid``'s keyrings as that uid, keeping root as the saved uid."""
+    os.setresuid(uid, uid, 0)
+    try:
+        clear_user_keyrings(ctypes.CDLL(None, use_errno=True))
+    finally:
+        os.setresuid(0, 0, 0)
+
+
+def set_rlimits(rlimits: dict) -> None:
     for name, (soft, hard) in rlimits.items():
         which = getattr(resource, name)
         _, cur_hard = resource.getrlimit(which)
@@ -80,7 +131,9 @@ def _exec_program(spec: dict, workdir: str, status_fd: int) -> None:
         os.chdir(workdir)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        _set_rlimits(spec["rlimits"])
+        if spec.get("clear_keyrings"):
+            _clear_keyrings_as(spec["uid"])
+        set_rlimits(spec["rlimits"])
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         argv = spec["priv_prefix"] + [spec["python"], "-I", "-u", "main.py"]

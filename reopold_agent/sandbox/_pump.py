@@ -1,8 +1,12 @@
 """Bounded I/O with one sandboxed process tree: feed stdin, capture output, enforce the clock.
 
 Everything happens in the calling thread with one ``selectors`` loop, so concurrent
-executions share no state. At most ``max_bytes`` of each output stream are kept; one byte
-more stops the program (``overflow``), so gigabytes of output cost neither memory nor time.
+executions share no state. The same loop serves both execution paths of the local backend:
+a spawned ``unshare`` tree (status pipe, ends at end of file) and a warm worker (status
+lines on its control socket, ends when the line of this execution arrived); they differ
+only in the :class:`Channels` they pass. At most ``max_bytes`` of each output stream are
+kept; one byte more stops the program (``overflow``), so gigabytes of output cost neither
+memory nor time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _CHUNK = 65536
@@ -53,24 +58,45 @@ def kill_tree(proc: subprocess.Popen) -> None:
         pass
 
 
-class _Streams:
-    """The parent's ends of stdin, stdout, stderr and the status pipe, in one selector."""
+@dataclass
+class Channels:
+    """The parent's side of one execution: its pipe ends and how to stop it."""
 
-    def __init__(self, proc: subprocess.Popen, status_r: int, stdin: bytes) -> None:
+    stdin: int
+    """Write end of the program's standard input."""
+    stdout: int
+    """Read end of the program's standard output."""
+    stderr: int
+    """Read end of the program's standard error."""
+    status: int
+    """Where the launcher or worker reports the end of the program (JSON lines)."""
+    kill: Callable[[], None]
+    """Kills the whole process tree of the execution (idempotent)."""
+    close_stdin: Callable[[], None]
+    """Closes ``stdin`` (idempotent): end of file for the program."""
+    status_done: Callable[[bytearray], bool] | None = None
+    """True once the status bytes are complete; None: complete at end of file."""
+
+
+class _Streams:
+    """The parent's ends of stdin, stdout, stderr and the status channel, in one selector."""
+
+    def __init__(self, channels: Channels, stdin: bytes) -> None:
         self.sel = selectors.DefaultSelector()
         self.stdin = memoryview(stdin)
         self.names: dict[int, str] = {}
-        for name, fd in (("stdout", proc.stdout.fileno()), ("stderr", proc.stderr.fileno()),
-                         ("status", status_r)):
+        self.close_stdin = channels.close_stdin
+        for name, fd in (("stdout", channels.stdout), ("stderr", channels.stderr),
+                         ("status", channels.status)):
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ)
             self.names[fd] = name
-        self.stdin_fd = proc.stdin.fileno()
+        self.stdin_fd = channels.stdin
         if stdin:
             os.set_blocking(self.stdin_fd, False)
             self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
         else:
-            self._close_stdin(proc)
+            self._close_stdin()
 
     def readers_open(self) -> set[str]:
         return {self.names[k.fd] for k in self.sel.get_map().values() if k.fd in self.names}
@@ -78,7 +104,7 @@ class _Streams:
     def drop(self, fd: int) -> None:
         self.sel.unregister(fd)
 
-    def write_stdin(self, proc: subprocess.Popen) -> None:
+    def write_stdin(self) -> None:
         try:
             n = os.write(self.stdin_fd, self.stdin[:_CHUNK])
         except BlockingIOError:
@@ -88,10 +114,10 @@ class _Streams:
         self.stdin = self.stdin[n:]
         if not self.stdin:
             self.drop(self.stdin_fd)
-            self._close_stdin(proc)
+            self._close_stdin()
 
-    def _close_stdin(self, proc: subprocess.Popen) -> None:
-        proc.stdin.close()  # EOF for the program
+    def _close_stdin(self) -> None:
+        self.close_stdin()  # EOF for the program
         self.stdin_fd = -1
 
     def close(self) -> None:
@@ -112,13 +138,21 @@ def _take(out: PumpOutcome, name: str, data: bytes, max_bytes: int) -> bool:
     return False
 
 
-def pump(proc: subprocess.Popen, status_r: int, stdin: bytes, deadline: float,
-         max_bytes: int) -> PumpOutcome:
-    """Drive ``proc`` until its output pipes close, killing it at ``deadline`` or on overflow.
+def _read(fd: int) -> bytes | None:
+    """One chunk (one message for a socket); None when nothing is there after all."""
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return None
+    except ConnectionResetError:  # a worker's control socket whose peer vanished
+        return b""
+
+
+def pump(channels: Channels, stdin: bytes, deadline: float, max_bytes: int) -> PumpOutcome:
+    """Drive one execution until its output ends, killing it at ``deadline`` or on overflow.
 
     Args:
-        proc: the started process, with stdin/stdout/stderr pipes and its own session.
-        status_r: read end of the launcher's status pipe (closed by the caller).
+        channels: the parent's pipe ends and callbacks (the caller closes the fds).
         stdin: bytes fed to the program's standard input.
         deadline: ``time.monotonic()`` value at which the tree is killed.
         max_bytes: bytes kept per output stream.
@@ -127,35 +161,36 @@ def pump(proc: subprocess.Popen, status_r: int, stdin: bytes, deadline: float,
         The captured output and which parent-side limit fired.
     """
     out = PumpOutcome()
-    streams = _Streams(proc, status_r, stdin)
+    streams = _Streams(channels, stdin)
     hard_stop = None
     try:
         while streams.readers_open():
             now = time.monotonic()
             if hard_stop is None and now >= deadline:
                 out.timed_out = True
-                kill_tree(proc)
+                channels.kill()
                 hard_stop = now + _KILL_GRACE_S
             if hard_stop is not None and now >= hard_stop:
                 break
             wait = (hard_stop if hard_stop is not None else deadline) - now
             for key, _ in streams.sel.select(timeout=max(wait, 0.0)):
                 if key.fd == streams.stdin_fd:
-                    streams.write_stdin(proc)
+                    streams.write_stdin()
                     continue
                 name = streams.names[key.fd]
-                try:
-                    data = os.read(key.fd, _CHUNK)
-                except BlockingIOError:
+                data = _read(key.fd)
+                if data is None:
                     continue
-                if not data:
+                if data and _take(out, name, data, max_bytes) and hard_stop is None:
+                    out.overflow = True
+                    channels.kill()
+                    hard_stop = time.monotonic() + _KILL_GRACE_S
+                ended = not data or (name == "status" and channels.status_done is not None
+                                     and channels.status_done(out.status))
+                if ended:
                     streams.drop(key.fd)
                     if name == "status" and hard_stop is None:
                         hard_stop = time.monotonic() + _EXIT_GRACE_S
-                elif _take(out, name, data, max_bytes) and hard_stop is None:
-                    out.overflow = True
-                    kill_tree(proc)
-                    hard_stop = time.monotonic() + _KILL_GRACE_S
     finally:
         streams.close()
     return out

@@ -35,6 +35,7 @@ with open("probe.txt", "w") as f:
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({
     "pid": os.getpid(), "uid": os.getuid(), "cwd": os.getcwd(),
+    "procs": sum(name.isdigit() for name in os.listdir("/proc")),
     "ifaces": sorted(name for _, name in socket.if_nameindex()),
     "root_ro": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
     "cap_eff": int(status["CapEff"].strip(), 16), "cap_bnd": int(status["CapBnd"].strip(), 16),
@@ -123,13 +124,15 @@ def build_result(out: PumpOutcome, returncode: int | None, duration_s: float,
                          stderr_truncated=out.stderr_truncated)
 
 
-def probe_failure(result: SandboxResult, *, expect_root_inside: bool) -> str | None:
+def probe_failure(result: SandboxResult, *, expect_root_inside: bool,
+                  warm: bool = False) -> str | None:
     """Check the probe's report; return what is wrong, or None if isolation holds.
 
     Args:
         result: the outcome of running :data:`PROBE_CODE` isolated.
         expect_root_inside: True with a user namespace (the program is uid 0 there, with no
             capabilities), False when root drops to an unprivileged uid.
+        warm: the probe ran on a warm worker (its server and supervisor are pids 1 and 2).
     """
     if not result.ok:
         tail = (result.stderr.strip() or result.stdout.strip())[-800:]
@@ -142,7 +145,9 @@ def probe_failure(result: SandboxResult, *, expect_root_inside: bool) -> str | N
     except ValueError:
         return f"the isolated probe printed {result.stdout[:200]!r}"
     checks = {
-        "pid namespace (probe pid 2)": seen["pid"] == 2,
+        "pid namespace (only the probe and its parents)": seen["procs"] <= 3 and (
+            seen["pid"] > 2 if warm else seen["pid"] == 2),
+        "private work directory": seen["cwd"] == "/tmp",
         "network namespace (only 'lo')": seen["ifaces"] in (["lo"], []),
         "read-only root filesystem": seen["root_ro"],
         "no capabilities": seen["cap_eff"] == 0 and seen["cap_bnd"] == 0,

@@ -46,6 +46,11 @@ class SandboxConfig:
     """RLIMIT_NPROC: processes one execution may have at once (local backend)."""
     max_output_bytes: int = 16384
     """Bytes kept of stdout and of stderr each; more output stops the program (limit OUTPUT)."""
+    warm_workers: int = 4
+    """Local backend: long-lived isolated workers that fork each program from a warm
+    interpreter (several times the throughput of one ``unshare`` per execution; see
+    ``local.py`` for what executions of one worker share). 0 spawns fresh namespaces and a
+    fresh interpreter per execution. More concurrent runs than workers wait for one."""
     allow_unisolated: bool = False
     """If namespaces are unavailable, run anyway with only rlimits, timeout and a temp dir.
     UNSAFE: the code can then read and write whatever the calling user can, and reach the
@@ -80,6 +85,7 @@ class SandboxConfig:
         _positive_int(self.max_open_files, "max_open_files", minimum=16)
         _positive_int(self.max_processes, "max_processes")
         _positive_int(self.max_output_bytes, "max_output_bytes")
+        _positive_int(self.warm_workers, "warm_workers", minimum=0)
         _require(isinstance(self.allow_unisolated, bool), "allow_unisolated",
                  f"must be a bool, got {self.allow_unisolated!r}")
         _require(self.python_executable is None or (

@@ -29,6 +29,14 @@ its tmpfs; RLIMIT_NPROC also counts threads. Put the trainer in a cgroup for a h
 If the self-test (:data:`_verdict.PROBE_CODE`) fails at construction, the sandbox raises
 :class:`SandboxUnavailable`, unless ``allow_unisolated`` is set: then programs run with only
 rlimits, the timeout and a temporary directory, which is NOT a security boundary.
+
+Warm workers (``warm_workers > 0``, the default; isolated only): up to that many long-lived
+namespace sets like the one above, whose pid 1 is a fork server; each program is forked from
+its warm interpreter into a fresh mount and IPC namespace with its own ``/tmp``, the same
+rlimits and the same privilege drop (as root: a pool uid per execution). Every process of an
+execution is killed before its result is reported. What executions of one worker share, and
+what forking without ``exec`` means for a program: see ``_warm.py``. If the warm self-test
+fails, the sandbox logs a warning and spawns per execution (``warm`` is then False).
 """
 
 from __future__ import annotations
@@ -43,10 +51,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from reopold_agent.sandbox._pump import kill_tree, pump
+from reopold_agent.sandbox._pump import Channels, PumpOutcome, kill_tree, pump
+from reopold_agent.sandbox._warm import WarmPool, WarmWorker, WorkerError
 from reopold_agent.sandbox._verdict import PROBE_CODE, build_result, probe_failure
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
 from reopold_agent.sandbox.config import SandboxConfig
@@ -56,6 +66,9 @@ logger = logging.getLogger(__name__)
 _PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3")
 _PROBE_TIMEOUT_S = 20.0
 _MIB = 1024 * 1024
+_PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+"""Environment of a warm worker's server, hence of every program it forks."""
 _USERNS_SECUREBITS = "+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked," \
                      "+keep_caps_locked"
 
@@ -118,6 +131,11 @@ def probe_isolation(sandbox: LocalSandbox) -> None:
         raise SandboxUnavailable(problem)
 
 
+def _not_started(why: object, start: float) -> SandboxResult:
+    return SandboxResult(stdout="", stderr=f"sandbox could not start: {why}\n", exit_code=None,
+                         limit=SandboxLimit.NONE, duration_s=time.monotonic() - start)
+
+
 class LocalSandbox(Sandbox):
     """Runs Python programs in Linux namespaces on this machine. Thread-safe."""
 
@@ -151,6 +169,9 @@ class LocalSandbox(Sandbox):
         self._uids = _UidPool(self.config.uid_base, self.config.uid_count)
         self.isolated = True
         """False only when isolation failed and ``allow_unisolated`` let us run without it."""
+        self.warm = False
+        """True when runs go to warm workers (``warm_workers > 0``, isolated, self-test ok)."""
+        self._pool: WarmPool | None = None
         try:
             (probe or probe_isolation)(self)
         except SandboxUnavailable as exc:
@@ -163,6 +184,36 @@ class LocalSandbox(Sandbox):
             logger.warning("sandbox isolation unavailable (%s); running UNISOLATED as allowed "
                            "by allow_unisolated=True", exc)
             self.isolated = False
+        if self.isolated and self.config.warm_workers > 0:
+            self._start_warm()
+
+    def _start_warm(self) -> None:
+        """Create the worker pool and self-test it; on failure keep the spawn path."""
+        self._pool = WarmPool(self.config.warm_workers, self._new_worker)
+        self._close_pool = weakref.finalize(self, self._pool.close)
+        result = self._execute_warm(self._pool, PROBE_CODE, "", _PROBE_TIMEOUT_S)
+        problem = probe_failure(result, expect_root_inside=self.user_namespace, warm=True)
+        if problem is None:
+            self.warm = True
+            return
+        logger.warning("warm sandbox workers unavailable (%s); spawning one namespace set per "
+                       "execution instead", problem)
+        self.close()
+
+    def _new_worker(self) -> WarmWorker:
+        spec = {"hide_paths": list(self.config.hide_paths), "workdir_mb": self.config.workdir_mb,
+                "rlimits": self._rlimits(True, warm=True),
+                "user_namespace": self.user_namespace}
+        server = str(Path(__file__).with_name("_forkserver.py"))
+        return WarmWorker([*self._namespaces(), self.python, "-I", "-u", server], spec,
+                          dict(_PROGRAM_ENV))
+
+    def close(self) -> None:
+        """Stop the warm workers (no process of them remains); later runs use spawning."""
+        pool, self._pool, self.warm = self._pool, None, False
+        if pool is not None:
+            self._close_pool.detach()
+            pool.close()
 
     def run(self, code: str, *, stdin: str = "", timeout_s: float | None = None) -> SandboxResult:
         """Run ``code`` as ``__main__`` under the configured limits.
@@ -181,12 +232,17 @@ class LocalSandbox(Sandbox):
             raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
         if not isinstance(code, str) or not isinstance(stdin, str):
             raise TypeError("code and stdin must be str")
+        pool = self._pool
+        if pool is not None:
+            return self._execute_warm(pool, code, stdin, float(timeout))
         return self._execute(code, stdin, float(timeout), isolate=self.isolated)
 
-    def _rlimits(self, isolate: bool) -> dict[str, tuple[int, int]]:
+    def _rlimits(self, isolate: bool, warm: bool = False) -> dict[str, tuple[int, int]]:
         cfg = self.config
-        # In a user namespace the launcher (pid 1) has the program's uid: leave it one slot.
-        nproc = cfg.max_processes + (1 if isolate and self.user_namespace else 0)
+        # In a user namespace the launcher (pid 1) has the program's uid: leave it one slot;
+        # a warm worker's server and supervisor: two.
+        extra = (2 if warm else 1) if isolate and self.user_namespace else 0
+        nproc = cfg.max_processes + extra
         return {
             "RLIMIT_CPU": (cfg.cpu_time_s, cfg.cpu_time_s + 1),
             "RLIMIT_AS": (cfg.memory_mb * _MIB, cfg.memory_mb * _MIB),
@@ -205,16 +261,58 @@ class LocalSandbox(Sandbox):
         return [self.setpriv_path, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 *common, "--"]
 
-    def _command(self, spec: dict, isolate: bool) -> list[str]:
-        launcher = [self.python, "-I", "-S", self._launcher,
-                    json.dumps(spec, separators=(",", ":"))]
-        if not isolate:
-            return launcher
+    def _namespaces(self) -> list[str]:
         namespaces = [self.unshare_path, "--pid", "--fork", "--kill-child", "--mount-proc",
                       "--net", "--ipc", "--uts"]
         if self.user_namespace:
             namespaces += ["--user", "--map-root-user"]
-        return [*namespaces, "--", *launcher]
+        return [*namespaces, "--"]
+
+    def _command(self, spec: dict, isolate: bool) -> list[str]:
+        launcher = [self.python, "-I", "-S", self._launcher,
+                    json.dumps(spec, separators=(",", ":"))]
+        return [*self._namespaces(), *launcher] if isolate else launcher
+
+    def _execute_warm(self, pool: WarmPool, code: str, stdin: str, timeout_s: float
+                      ) -> SandboxResult:
+        """Run one program on a borrowed warm worker (spawn instead if the pool was closed)."""
+        uid = 0 if self.user_namespace else self._uids.acquire()
+        try:
+            result = self._on_worker(pool, code, stdin.encode("utf-8"), uid, timeout_s)
+        finally:
+            if not self.user_namespace:
+                self._uids.release(uid)
+        return result if result is not None else self._execute(code, stdin, timeout_s,
+                                                                 isolate=True)
+
+    def _on_worker(self, pool: WarmPool, code: str, stdin: bytes, uid: int, timeout_s: float
+                   ) -> SandboxResult | None:
+        """One execution on a borrowed worker, on a new one if handing over fails (nothing
+        ran then); None if the pool is closed."""
+        failure: WorkerError | None = None
+        for _ in range(2):
+            start = time.monotonic()
+            try:
+                worker = pool.borrow()
+            except WorkerError as exc:
+                return _not_started(exc, start)
+            except RuntimeError:  # closed
+                return None
+            start = time.monotonic()
+            try:
+                out = worker.execute(code, stdin, uid, start + timeout_s,
+                                     self.config.max_output_bytes)
+                return self._warm_result(out, time.monotonic() - start)
+            except WorkerError as exc:
+                failure = exc
+            finally:
+                pool.give_back(worker)
+        return _not_started(failure, start)
+
+    def _warm_result(self, out: PumpOutcome, duration_s: float) -> SandboxResult:
+        if not out.status and not (out.timed_out or out.overflow):
+            out.status += b'{"setup_error": "the sandbox worker died during the execution"}\n'
+        return build_result(out, None, duration_s, self.config.cpu_time_s)
 
     def _execute(self, code: str, stdin: str, timeout_s: float, *, isolate: bool
                  ) -> SandboxResult:
@@ -227,6 +325,7 @@ class LocalSandbox(Sandbox):
             with open(code_path, "w", encoding="utf-8") as f:
                 f.write(code)
             spec = {"code_path": code_path, "isolate": isolate, "uid": uid,
+                    "clear_keyrings": pooled,
                     "workdir_mb": self.config.workdir_mb,
                     "hide_paths": list(self.config.hide_paths),
                     "rlimits": self._rlimits(isolate),
@@ -253,8 +352,11 @@ class LocalSandbox(Sandbox):
                                  duration_s=time.monotonic() - start)
         finally:
             os.close(status_w)
+        channels = Channels(stdin=proc.stdin.fileno(), stdout=proc.stdout.fileno(),
+                            stderr=proc.stderr.fileno(), status=status_r,
+                            kill=lambda: kill_tree(proc), close_stdin=proc.stdin.close)
         try:
-            out = pump(proc, status_r, stdin, start + timeout_s, self.config.max_output_bytes)
+            out = pump(channels, stdin, start + timeout_s, self.config.max_output_bytes)
         finally:
             kill_tree(proc)  # nothing of this execution may outlive run()
             proc.wait()

@@ -12,6 +12,9 @@ from reopold_agent.sandbox import LocalSandbox, SandboxConfig, SandboxUnavailabl
 FAST = SandboxConfig(timeout_s=5.0, cpu_time_s=5, max_output_bytes=4096)
 """Limits of the shared test sandbox: small enough that every hostile case ends quickly."""
 
+MODES = {"spawn": 0, "warm": 4}
+"""Execution paths of LocalSandbox and the ``warm_workers`` that selects each."""
+
 
 def _make_isolated(config: SandboxConfig = FAST, **kwargs: object) -> LocalSandbox:
     try:
@@ -20,16 +23,38 @@ def _make_isolated(config: SandboxConfig = FAST, **kwargs: object) -> LocalSandb
         pytest.skip(f"namespace isolation unavailable on this machine: {exc}")
 
 
-@pytest.fixture(scope="session")
-def make_isolated():
-    """Build an isolated LocalSandbox(config, **kwargs), or skip if this machine cannot."""
-    return _make_isolated
+@pytest.fixture(scope="module", params=list(MODES))
+def mode(request) -> str:
+    """"spawn" (fresh namespaces per execution) or "warm" (a pool of fork-server workers)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> LocalSandbox:
-    """An isolated sandbox with the FAST limits."""
-    return _make_isolated()
+def make_isolated(mode):
+    """Build an isolated LocalSandbox(config, **kwargs) in ``mode``, or skip if impossible.
+
+    The ``warm_workers`` of ``config`` is kept in warm mode unless it is 0 there; every
+    sandbox is closed when the module ends.
+    """
+    made: list[LocalSandbox] = []
+
+    def make(config: SandboxConfig = FAST, **kwargs: object) -> LocalSandbox:
+        workers = MODES[mode] if mode == "spawn" or config.warm_workers == 0 \
+            else config.warm_workers
+        sandbox = _make_isolated(config.with_overrides(warm_workers=workers), **kwargs)
+        made.append(sandbox)
+        assert sandbox.warm == (mode == "warm"), "warm workers fell back to spawning"
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def sandbox(make_isolated) -> LocalSandbox:
+    """An isolated sandbox with the FAST limits, in each mode."""
+    return make_isolated()
 
 
 def _processes_matching(marker: str | None = None, uid: int | None = None) -> list[int]:

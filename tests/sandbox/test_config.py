@@ -12,6 +12,7 @@ def test_defaults():
     assert (config.backend, config.timeout_s, config.memory_mb, config.max_output_bytes) == (
         "local", 10.0, 1024, 16384)
     assert config.allow_unisolated is False and config.python_executable is None
+    assert config.warm_workers == 4
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -27,6 +28,9 @@ def test_defaults():
     ("max_open_files", 3),
     ("max_processes", 0),
     ("max_output_bytes", 0),
+    ("warm_workers", -1),
+    ("warm_workers", 1.5),
+    ("warm_workers", True),
     ("allow_unisolated", "yes"),
     ("python_executable", "python3"),
     ("uid_base", 0),

@@ -1,7 +1,9 @@
 """LocalSandbox: ordinary programs, hostile programs (each contained and reported), threads.
 
 Runs as whoever runs pytest: as root the program gets a pooled unprivileged uid, as an
-ordinary user a user namespace (test_local_unprivileged.py covers that from root too).
+ordinary user a user namespace (test_local_unprivileged.py covers that from root too). Every
+test that takes the ``sandbox`` or ``make_isolated`` fixture runs in both modes (see
+conftest.py): ``spawn`` (fresh namespaces per execution) and ``warm`` (fork-server workers).
 """
 
 from __future__ import annotations
@@ -141,6 +143,29 @@ def test_setsid_escape_dies_with_the_sandbox(sandbox, assert_gone, tail):
     assert_gone(marker=marker)
 
 
+_KEY_SYSCALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}
+_KEYS = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+add_key, keyctl = {numbers}
+for ring in (-4, -5):  # the uid's user and user-session keyrings
+    if sys.stdin.read(1) == "p":
+        key = libc.syscall(add_key, b"user", b"reopold-key", b"secret", 6, ctypes.c_long(ring))
+    else:  # KEYCTL_SEARCH
+        key = libc.syscall(keyctl, 10, ctypes.c_long(ring), b"user", b"reopold-key", 0)
+    print(key > 0, ctypes.get_errno() if key < 0 else 0)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in _KEY_SYSCALLS, reason="syscall numbers unknown")
+def test_keys_of_one_execution_are_gone_in_the_next_with_the_same_uid(make_isolated):
+    sandbox = make_isolated(_own_uid_config(timeout_s=5))
+    code = _KEYS.format(numbers=_KEY_SYSCALLS[os.uname().machine])
+    assert sandbox.run(code, stdin="pp").stdout == "True 0\nTrue 0\n"
+    assert sandbox.run(code, stdin="ll").stdout == "False 126\nFalse 126\n"  # ENOKEY
+
+
 def test_no_network_not_even_loopback(sandbox):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -252,7 +277,7 @@ def test_unix_sockets_in_run_are_hidden_by_default(sandbox):
         os.unlink(path)
 
 
-def test_eight_concurrent_sleeps_overlap(sandbox):
+def test_eight_concurrent_sleeps_overlap(sandbox):  # warm: 4 workers, so two rounds
     start = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: sandbox.run("import time\ntime.sleep(1)"), range(8)))

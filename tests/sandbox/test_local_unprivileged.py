@@ -1,5 +1,8 @@
 """LocalSandbox used by an ordinary user: a driver dropped to uid 65534 runs hostile cases.
 
+Once per mode: spawning namespaces per execution, and on warm workers (whose server is
+uid 0 of its own user namespace, like every program it runs).
+
 The driver (unprivileged_driver.py) runs under the system Python, since a virtual
 environment under /root is not readable by uid 65534. Skips only when this cannot be shown:
 not root (nobody to drop from), no system Python, repository unreadable by uid 65534, or a
@@ -15,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from .conftest import MODES
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[2]
@@ -49,25 +54,28 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def report() -> dict:
+@pytest.fixture(scope="module", params=list(MODES))
+def report(request) -> dict:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     marker = f"reopold-nobody-{uuid.uuid4().hex}"
-    done = _as_nobody(SYSTEM_PYTHON, "-I", "-B", str(DRIVER), str(REPO), marker)
+    done = _as_nobody(SYSTEM_PYTHON, "-I", "-B", str(DRIVER), str(REPO), marker,
+                      str(MODES[request.param]))
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    data["marker"] = marker
+    data["marker"], data["mode"] = marker, request.param
     return data
 
 
 def test_runs_isolated_in_a_user_namespace(report):
     assert report["euid"] == NOBODY
     assert report["user_namespace"] and report["isolated"]
+    assert report["warm"] == (report["mode"] == "warm")
     case = report["cases"]["identity"]
     uid, pid, visible = case["stdout"].split()
-    assert (uid, pid) == ("0", "2") and int(visible) <= 3  # own pid namespace, mapped root
+    assert uid == "0" and int(visible) <= 3  # own pid namespace, mapped root
+    assert (int(pid) > 2) if report["warm"] else (pid == "2")  # warm: server, supervisor
 
 
 def test_fork_bomb(report):
@@ -96,6 +104,14 @@ def test_writes_to_world_writable_host_dirs_fail(report):
     assert case["stdout"].split("\n")[:3] == ["denied 30"] * 3
     for where in ("/var/tmp", "/dev/shm", str(REPO)):
         assert not os.path.exists(f"{where}/{report['marker']}")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="uses x86_64 key syscalls")
+def test_nothing_of_one_execution_reaches_the_next(report, assert_gone):
+    assert report["cases"]["plant"]["stdout"] == "True\n"  # planted a key in its keyring
+    processes = 3 if report["warm"] else 2  # (server, supervisor or launcher) and itself
+    assert report["cases"]["look"]["stdout"] == f"['main.py'] None {processes} False\n"
+    assert_gone(marker=report["marker"])
 
 
 def test_setsid_escape(report, assert_gone):

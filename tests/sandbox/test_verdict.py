@@ -66,8 +66,8 @@ def test_build_result_timeout_without_report_is_sigkill():
 
 
 def _probe_result(**seen) -> SandboxResult:
-    base = {"pid": 2, "uid": 1500000000, "cwd": "/tmp", "ifaces": ["lo"], "root_ro": True,
-            "cap_eff": 0, "cap_bnd": 0, "no_new_privs": True}
+    base = {"pid": 2, "procs": 2, "uid": 1500000000, "cwd": "/tmp", "ifaces": ["lo"],
+            "root_ro": True, "cap_eff": 0, "cap_bnd": 0, "no_new_privs": True}
     return SandboxResult(json.dumps({**base, **seen}), "", 0, SandboxLimit.NONE, 0.1)
 
 
@@ -80,3 +80,14 @@ def test_probe_failure_checks_each_property():
     assert "capabilities" in probe_failure(_probe_result(cap_bnd=1), expect_root_inside=False)
     assert "unprivileged uid" in probe_failure(_probe_result(uid=0), expect_root_inside=False)
     assert probe_failure(_probe_result(uid=0), expect_root_inside=True) is None
+
+
+def test_probe_failure_of_a_warm_worker():
+    assert probe_failure(_probe_result(pid=9, procs=3), expect_root_inside=False,
+                         warm=True) is None
+    assert "pid namespace" in probe_failure(_probe_result(pid=9, procs=40),
+                                            expect_root_inside=False, warm=True)
+    assert "pid namespace" in probe_failure(_probe_result(pid=1, procs=1),
+                                            expect_root_inside=False, warm=True)
+    assert "work directory" in probe_failure(_probe_result(pid=9, procs=3, cwd="/"),
+                                             expect_root_inside=False, warm=True)

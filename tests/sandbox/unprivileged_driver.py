@@ -2,12 +2,17 @@
 
 Used by test_local_unprivileged.py through ``setpriv --reuid=65534 ... /usr/bin/python3``;
 standard library only, so any system Python can run it. Usage:
-``python3 unprivileged_driver.py REPO_ROOT MARKER``.
+``python3 unprivileged_driver.py REPO_ROOT MARKER WARM_WORKERS``. The cases run one after
+the other, so with warm workers they all run on the same worker ("plant" leaves a file,
+environment variables and an escaped process behind, "look" reports what it can see).
 """
 
 import json
 import os
 import sys
+
+_KEYCTL = "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n"
+"""Prefix of the cases that use the x86_64 key syscalls (add_key 248, keyctl 250)."""
 
 CASES = {
     "identity": ("import os\nprint(os.getuid(), os.getpid(), "
@@ -25,24 +30,35 @@ CASES = {
                "    if os.fork() == 0:\n        os.execv(sys.executable, [sys.executable, '-c', "
                "'import time; time.sleep(60)', sys.stdin.read()])\n    os._exit(0)\n"
                "os.wait()\ntime.sleep(0.5)\nprint('parent done')", 5.0),
+    "plant": (_KEYCTL + "import os, sys\nopen('planted', 'w').write('x')\n"
+              "os.environ['PLANTED'] = '1'\n"
+              "print(libc.syscall(248, b'user', b'planted', b'x', 1, ctypes.c_long(-4)) > 0)\n"
+              "if os.fork() == 0:\n    os.setsid()\n    os.execv(sys.executable, [sys.executable,"
+              " '-c', 'import time; time.sleep(60)', sys.stdin.read()])\n", 5.0),
+    "look": (_KEYCTL + "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+             "key = libc.syscall(250, 10, ctypes.c_long(-4), b'user', b'planted', 0)\n"
+             "print(sorted(os.listdir('.')), os.environ.get('PLANTED'), len(procs), key > 0)",
+             5.0),
 }
 
 
 def main() -> None:
-    repo, marker = sys.argv[1], sys.argv[2]
+    repo, marker, warm_workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     sys.path.insert(0, repo)
     from reopold_agent.sandbox import LocalSandbox, SandboxConfig
 
-    sandbox = LocalSandbox(SandboxConfig(timeout_s=5, max_processes=16))
+    sandbox = LocalSandbox(SandboxConfig(timeout_s=5, max_processes=16,
+                                         warm_workers=warm_workers))
     stdin = {"writes": f"/var/tmp/{marker} /dev/shm/{marker} {repo}/{marker}",
-             "escape": marker}
+             "escape": marker, "plant": marker}
     report = {"euid": os.geteuid(), "user_namespace": sandbox.user_namespace,
-              "isolated": sandbox.isolated, "cases": {}}
+              "isolated": sandbox.isolated, "warm": sandbox.warm, "cases": {}}
     for name, (code, timeout_s) in CASES.items():
         result = sandbox.run(code, stdin=stdin.get(name, ""), timeout_s=timeout_s)
         report["cases"][name] = {"exit_code": result.exit_code, "limit": result.limit.value,
                                  "stdout": result.stdout, "stderr": result.stderr[-500:],
                                  "duration_s": result.duration_s}
+    sandbox.close()
     print(json.dumps(report))
 
 
