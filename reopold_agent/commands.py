@@ -143,8 +143,12 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     )
     if accelerator.is_main_process:
         logger.save_config(to_dict(resolved))
+    teacher_engine = None
+    if teacher is not None and config.eval.teacher:
+        teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id),
+                                       tokenizer, config.rollout)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
-                         make_train_env, make_eval_env, logger, accelerator)
+                         make_train_env, make_eval_env, logger, accelerator, teacher_engine)
     with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
         trainer = Trainer(config, parts, on_step=progress.update)
         final = trainer.train(resume=resume)

@@ -48,8 +48,9 @@ class TrainProgress:
             return
         if any(k.startswith("eval/") for k in metrics):
             shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items()
-                              if k.startswith("eval/") and ("accuracy" in k or "@" in k))
-            self.console.print(f"[cyan]eval at step {step}[/]: {shown}")
+                              if k.startswith("eval/") and ("accuracy" in k or "@" in k)).replace("teacher_", "")
+            who = "teacher eval" if any(k.startswith("eval/teacher_") for k in metrics) else "eval"
+            self.console.print(f"[cyan]{who} at step {step}[/]: {shown}")
             return
         stats = "  ".join(f"{name} {fmt.format(metrics[key])}" for key, name, fmt in _SHOWN if key in metrics)
         self._progress.update(self._task, completed=step + 1, stats=stats)

@@ -117,6 +117,8 @@ class EvalConfig:
     """Also decode greedily once per problem (greedy accuracy)."""
     batch_episodes: int = 256
     """Episodes played at once during evaluation."""
+    teacher: bool = False
+    """Also evaluate the teacher once before training (logged as ``eval/teacher_...``)."""
 
 
 @dataclass

@@ -44,6 +44,8 @@ class TrainerParts:
     make_eval_env: Callable[[], Any]
     logger: RunLogger
     accelerator: Any
+    teacher_engine: RolloutEngine | None = None
+    """Plays eval episodes with the teacher (``eval.teacher``), or None."""
 
 
 class Trainer:
@@ -66,6 +68,8 @@ class Trainer:
         cfg, parts = self.config, self.parts
         start = self._resume() if resume else 0
         if start == 0:
+            if cfg.eval.teacher and parts.teacher_engine is not None:
+                self._evaluate(0, engine=parts.teacher_engine, prefix="eval/teacher_")
             self._evaluate(0)
         metrics: dict[str, float] = {}
         for step in range(start, cfg.train.steps):
@@ -131,16 +135,21 @@ class Trainer:
         return self.parts.engine.run(self._train_envs[:len(requests)], requests,
                                      seed=_seed(cfg.train.seed, step, 10_000 + self.rank), step=step)
 
-    def _evaluate(self, step: int) -> dict[str, float]:
+    def _evaluate(self, step: int, *, engine: RolloutEngine | None = None, prefix: str = "eval/") -> dict[str, float]:
         cfg, parts = self.config, self.parts
         if cfg.eval.num_problems <= 0 or not parts.accelerator.is_main_process:
             return {}
         metrics, trajs = evaluate(
-            parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
+            engine or parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
             samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
             seed=cfg.train.seed + 7, step=step,
         )
-        parts.logger.log_trajectories(f"eval_{step:06d}", trajs)
+        if prefix != "eval/":
+            metrics = {prefix + k[len("eval/"):]: v for k, v in metrics.items()}
+            name = f"eval_teacher_{step:06d}"
+        else:
+            name = f"eval_{step:06d}"
+        parts.logger.log_trajectories(name, trajs)
         parts.logger.log_metrics(step, metrics)
         self.on_step(step, metrics)
         return metrics

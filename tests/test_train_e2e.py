@@ -41,7 +41,7 @@ def _args(models, out, steps=2, extra=()):
             "--set", "train.prompts_per_step=2", "--set", "rollout.group_size=2",
             "--set", "rollout.max_turn_tokens=24", "--set", "rollout.max_episode_tokens=200",
             "--set", "eval.num_problems=3", "--set", "eval.samples=1", "--set", "eval.every=0",
-            "--set", "train.torch_threads=1", "--set", "train.save_every=2", *extra]
+            "--set", "train.torch_threads=1", "--set", "train.save_every=2", "--set", "eval.teacher=true", *extra]
 
 
 def _params(path):
@@ -54,7 +54,8 @@ def test_two_step_run_trains_and_leaves_a_complete_run_directory(tiny_models, tm
     out = tmp_path / "run"
     assert main(_args(tiny_models, out)) == 0
     for name in ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints/LATEST",
-                 "trajectories/step_000000.jsonl", "trajectories/step_000001.jsonl", "trajectories/eval_000002.jsonl"):
+                 "trajectories/step_000000.jsonl", "trajectories/step_000001.jsonl", "trajectories/eval_000002.jsonl",
+                 "trajectories/eval_teacher_000000.jsonl"):
         assert (out / name).exists(), name
     # parameters moved
     before, after = _params(tiny_models[0]), _params(out / "checkpoints" / "step_000002")
@@ -78,12 +79,12 @@ def test_two_step_run_trains_and_leaves_a_complete_run_directory(tiny_models, tm
     keys = set().union(*metrics)
     for key in ("objective/loss", "objective/selected_ratio", "objective/below_floor_frac", "objective/entropy_mean",
                 "train/grad_norm", "rollout/tool_error_rate", "eval/greedy_accuracy", "time/rollout_s",
-                "time/teacher_s", "time/update_s", "throughput/model_tokens_per_s"):
+                "time/teacher_s", "time/update_s", "throughput/model_tokens_per_s", "eval/teacher_greedy_accuracy"):
         assert key in keys, key
 
 
 def _comparable(record):
-    return {k: v for k, v in record.items() if not k.startswith(("time/", "throughput/", "eval/tokens_per_second"))}
+    return {k: v for k, v in record.items() if not k.startswith(("time/", "throughput/")) and not k.endswith("tokens_per_second")}
 
 
 @pytest.mark.slow
