@@ -49,8 +49,11 @@ def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: b
     """(student, teacher) paths; the task's embedded tiny models fill in what is not named."""
     student, teacher = config.model.student, config.model.teacher
     if student is None or (teacher is None and need_teacher):
-        from .embedded import ensure_embedded_models
+        from .embedded import RECIPES, ensure_embedded_models
 
+        if config.task.name not in RECIPES:
+            raise UsageError(f"task {config.task.name!r} has no embedded default models; name them with "
+                             f"--student and --teacher (embedded defaults exist for: {', '.join(sorted(RECIPES))})")
         built = ensure_embedded_models(config.task.name, cache_dir, log=_log)
         student = student or str(built.student)
         teacher = teacher or str(built.teacher)
