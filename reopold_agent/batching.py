@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .objectives import group_advantages as objective_group_advantages
 from .trajectory import Trajectory
 
 
@@ -92,16 +93,20 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teache
                       group_advantages(trajectories), torch.arange(B))
 
 
-def group_advantages(trajectories: list[Trajectory], eps: float = 1e-6) -> Tensor:
-    """[B] (reward - group mean) / (group std + eps), groups keyed by (step, prompt_id)."""
+def group_advantages(trajectories: list[Trajectory]) -> Tensor:
+    """[B] group-normalised outcome advantages, groups keyed by (step, prompt_id).
+
+    Uses :func:`reopold_agent.objectives.group_advantages` per group; a prompt with a single
+    rollout gets advantage 0.
+    """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, traj in enumerate(trajectories):
         groups[(traj.step, traj.prompt_id)].append(i)
     adv = torch.zeros(len(trajectories))
     for rows in groups.values():
-        r = torch.tensor([trajectories[i].reward for i in rows], dtype=torch.float32)
-        std = r.std(unbiased=False) if len(rows) > 1 else torch.tensor(0.0)
-        adv[rows] = (r - r.mean()) / (std + eps)
+        if len(rows) > 1:
+            rewards_1G = torch.tensor([[trajectories[i].reward for i in rows]], dtype=torch.float32)
+            adv[rows] = objective_group_advantages(rewards_1G)[0]
     return adv
 
 
