@@ -83,6 +83,11 @@ def policy_update(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     out = {key: sum(v) / len(v) for key, v in totals.items()}
+    for key in ("objective/num_valid", "objective/num_selected"):  # counts add up over the step
+        if key in totals:
+            out[key] = float(sum(totals[key]))
+    if out.get("objective/num_valid"):
+        out["objective/selected_ratio"] = out["objective/num_selected"] / out["objective/num_valid"]
     out["objective/loss"] = sum(totals.get("objective/loss", [0.0]))  / max(optim.mini_batches, 1)
     out["train/lr"] = float(scheduler.get_last_lr()[0])
     return out

@@ -138,7 +138,8 @@ def real_run() -> Path:
         build_causal_lm(tok, "nano", seed=seed).save_pretrained(root / name)
         tok.save_pretrained(root / name)
     sets = ["rollout.group_size=2", "train.prompts_per_step=3", "rollout.max_turn_tokens=24",
-            "eval.num_problems=2", "eval.every=1", "train.torch_threads=1", "train.save_every=100"]
+            "eval.num_problems=2", "eval.every=1", "train.torch_threads=1", "train.save_every=100",
+            "train.mini_batches=1", "train.micro_batch_rows=2"]  # step-level selection = the trainer's
     argv = ["train", "--task", "tool_math", "--student", str(root / "student"), "--teacher",
             str(root / "teacher"), "--steps", "3", "--output-dir", str(root / "run")]
     for s in sets:

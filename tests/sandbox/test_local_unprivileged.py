@@ -101,7 +101,10 @@ def test_root_only_file(report):
 
 def test_writes_to_world_writable_host_dirs_fail(report):
     case = report["cases"]["writes"]
-    assert case["stdout"].split("\n")[:3] == ["denied 30"] * 3
+    # EROFS where the path is visible read-only; ENOENT where the private /tmp hides it (a
+    # checkout under /tmp); either way nothing is written on the host.
+    lines = case["stdout"].split("\n")[:3]
+    assert lines[:2] == ["denied 30"] * 2 and lines[2] in ("denied 30", "denied 2"), lines
     for where in ("/var/tmp", "/dev/shm", str(REPO)):
         assert not os.path.exists(f"{where}/{report['marker']}")
 
