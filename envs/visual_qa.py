@@ -70,7 +70,7 @@ class VisualQAEnv(ToolEnv):
         **limits: Any,
     ) -> None:
         """Args:
-            sandbox: unused (accepted so that every built-in takes the same kwargs).
+            sandbox: the run's sandbox, kept by :class:`ToolEnv` (the zoom tool does not use it).
             split: ``"train"`` or ``"eval"``.
             data_seed: seed of the generated dataset.
             data_path: a JSON Lines file of ``{"image", "question", "answer", "bbox"?}``
@@ -79,7 +79,7 @@ class VisualQAEnv(ToolEnv):
             eval_size: number of generated eval items (indices).
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
-        super().__init__(tools=[ZoomTool(self.current_image)], split=split, **limits)
+        super().__init__(tools=[ZoomTool(self.current_image)], split=split, sandbox=sandbox, **limits)
         self.data_seed = data_seed
         self.data = visual_qa.load_items(data_path) if data_path is not None else None
         self.size = train_size if split == "train" else eval_size

@@ -60,6 +60,18 @@ class TrainBatch:
         return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad ragged id lists: returns ids_BT (long, padded with ``pad_token_id``) and
+    attention_BT (long, 1 on real tokens), T = the longest sequence."""
+    B, T = len(sequences), max(len(seq) for seq in sequences)
+    ids_BT = torch.full((B, T), pad_token_id, dtype=torch.long)
+    attention_BT = torch.zeros((B, T), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        ids_BT[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_BT[b, :len(seq)] = 1
+    return ids_BT, attention_BT
+
+
 def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teacher: bool = True) -> TrainBatch:
     """Stack trajectories into a :class:`TrainBatch`.
 
@@ -69,16 +81,13 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teache
     """
     if not trajectories:
         raise ValueError("cannot collate an empty list of trajectories")
-    B, T = len(trajectories), max(t.num_tokens for t in trajectories)
-    ids = torch.full((B, T), pad_token_id, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
+    ids, attn = pad_right([t.token_ids for t in trajectories], pad_token_id)
+    B, T = ids.shape
     valid = torch.zeros((B, T), dtype=torch.bool)
     old, teacher, ent = (torch.zeros((B, T)) for _ in range(3))
     for b, traj in enumerate(trajectories):
         traj.check_masks()
         n = traj.num_tokens
-        ids[b, :n] = torch.tensor(traj.token_ids, dtype=torch.long)
-        attn[b, :n] = 1
         valid[b, 1:n] = torch.tensor(traj.loss_mask[1:], dtype=torch.bool)
         positions = valid[b].nonzero().flatten().tolist()
         old[b, positions] = _values(traj.logprobs, positions, "logprobs", b)

@@ -84,6 +84,13 @@ def gold_conversations(task: str, *, count: int, seed: int = 0, split: str = "tr
     return out
 
 
+def task_tokenizer(conversations: list[list[dict]], *, vocab_size: int = 512, seed: int = 0):
+    """Byte-level BPE tokenizer (with the tool chat template) trained on rendered conversations."""
+    probe = build_tokenizer([""], vocab_size=vocab_size)
+    corpus = [probe.apply_chat_template(c, tokenize=False) for c in conversations]
+    return build_tokenizer(corpus, vocab_size=vocab_size, seed=seed)
+
+
 def ensure_embedded_models(task: str, cache_dir: str | Path, *,
                            log: Callable[[str], None] = print) -> EmbeddedModels:
     """Paths of the task's embedded teacher and student, building them on first use."""
@@ -118,9 +125,7 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *,
 def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
     """Build tokenizer, teacher and student into ``out_dir``; returns timings and losses."""
     conversations = gold_conversations(recipe.task, count=recipe.num_conversations, seed=recipe.seed)
-    probe = build_tokenizer([""], vocab_size=recipe.vocab_size)
-    corpus = [probe.apply_chat_template(c, tokenize=False) for c in conversations]
-    tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size, seed=recipe.seed)
+    tokenizer = task_tokenizer(conversations, vocab_size=recipe.vocab_size, seed=recipe.seed)
     examples = [tokenize_conversation(tokenizer, c) for c in conversations]
     report: dict = {"recipe": _recipe_dict(recipe), "vocab": len(tokenizer)}
     threads = torch.get_num_threads()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from .batching import pad_right
 from .objectives import ObjectiveInputs, SftConfig, sft_objective
 from .sequence_scoring import sequence_logprobs
 
@@ -106,14 +107,9 @@ def _warmup_cosine(step: int, config: SupervisedConfig) -> float:
 
 
 def _pad(batch: list[TokenizedConversation], pad_token_id: int):
-    width = max(len(x.input_ids) for x in batch)
-    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
+    ids, attn = pad_right([x.input_ids for x in batch], pad_token_id)
     mask = torch.zeros_like(ids, dtype=torch.bool)
     for b, ex in enumerate(batch):
-        n = len(ex.input_ids)
-        ids[b, :n] = torch.tensor(ex.input_ids)
-        attn[b, :n] = 1
-        mask[b, :n] = torch.tensor(ex.assistant_mask, dtype=torch.bool)
+        mask[b, :len(ex.assistant_mask)] = torch.tensor(ex.assistant_mask, dtype=torch.bool)
     mask[:, 0] = False
     return ids, attn, mask

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
 from .trajectory import Trajectory
 
@@ -73,12 +74,7 @@ class TeacherScorer:
         order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].num_tokens)
         for start in range(0, len(order), self.batch_rows):
             chunk = [trajectories[i] for i in order[start:start + self.batch_rows]]
-            width = max(t.num_tokens for t in chunk)
-            ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for b, traj in enumerate(chunk):
-                ids[b, :traj.num_tokens] = torch.tensor(traj.token_ids)
-                attn[b, :traj.num_tokens] = 1
+            ids, attn = pad_right([t.token_ids for t in chunk], self.pad_token_id)
             logp_BT, _ = sequence_logprobs(self.model, ids.to(device), attn.to(device), chunk_rows=self.chunk_rows)
             logp_BT = logp_BT.cpu()
             for b, traj in enumerate(chunk):

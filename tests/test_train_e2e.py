@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from reopold_agent.cli import main
-from reopold_agent.embedded import gold_conversations
+from reopold_agent.embedded import gold_conversations, task_tokenizer
 from reopold_agent.run_logging import read_metrics
-from reopold_agent.tiny_models import build_causal_lm, build_tokenizer
+from reopold_agent.tiny_models import build_causal_lm
 from reopold_agent.trajectory_io import read_trajectories
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     convs = gold_conversations("tool_math", count=40)
-    probe = build_tokenizer([""])
-    tok = build_tokenizer([probe.apply_chat_template(c, tokenize=False) for c in convs])
+    tok = task_tokenizer(convs)
     for name, spec, seed in (("student", "nano", 0), ("teacher", "micro", 1)):
         model = build_causal_lm(tok, spec, seed=seed)
         model.save_pretrained(root / name)

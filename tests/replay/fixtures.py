@@ -125,15 +125,14 @@ def real_run() -> Path:
     import torch
 
     from reopold_agent.cli import main
-    from reopold_agent.embedded import gold_conversations
-    from reopold_agent.tiny_models import build_causal_lm, build_tokenizer
+    from reopold_agent.embedded import gold_conversations, task_tokenizer
+    from reopold_agent.tiny_models import build_causal_lm
 
     root = Path(tempfile.mkdtemp(prefix="replay_real_run_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     torch.set_num_threads(1)
     convs = gold_conversations("tool_math", count=20)
-    probe = build_tokenizer([""])
-    tok = build_tokenizer([probe.apply_chat_template(c, tokenize=False) for c in convs])
+    tok = task_tokenizer(convs)
     for name, seed in (("student", 0), ("teacher", 1)):
         build_causal_lm(tok, "nano", seed=seed).save_pretrained(root / name)
         tok.save_pretrained(root / name)
