@@ -54,7 +54,7 @@ class ZoomTool(Tool):
 
 
 class VisualQAEnv(ToolEnv):
-    """Synthetic-image questions (counting shapes, reading small numbers)."""
+    """Synthetic-image questions (counting shapes, reading small numbers, or dot colours)."""
 
     task_name = "visual_qa"
 
@@ -67,6 +67,7 @@ class VisualQAEnv(ToolEnv):
         data_path: str | Path | None = None,
         train_size: int = 100_000,
         eval_size: int = 200,
+        level: str = "scenes",
         **limits: Any,
     ) -> None:
         """Args:
@@ -77,8 +78,14 @@ class VisualQAEnv(ToolEnv):
                 replacing generated items for this env's split.
             train_size: number of generated train items (indices).
             eval_size: number of generated eval items (indices).
+            level: generated item level, ``"scenes"`` or the easy ``"dots"`` (see
+                :mod:`reopold_agent.tasks.visual_qa`); ignored with ``data_path``.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
+
+        Raises:
+            ValueError: an unknown ``level`` (the message lists the allowed ones).
         """
+        self.level = visual_qa.check_level(level)
         super().__init__(tools=[ZoomTool(self.current_image)], split=split, sandbox=sandbox, **limits)
         self.data_seed = data_seed
         self.data = visual_qa.load_items(data_path) if data_path is not None else None
@@ -90,7 +97,7 @@ class VisualQAEnv(ToolEnv):
     def load_item(self, index: int) -> dict[str, Any]:
         if self.data is not None:
             return self.data[index]
-        return visual_qa.make_item(self.split, index, seed=self.data_seed)
+        return visual_qa.make_item(self.split, index, seed=self.data_seed, level=self.level)
 
     def item_from_options(self, item: dict[str, Any]) -> dict[str, Any]:
         item = super().item_from_options(item)

@@ -68,19 +68,28 @@ class EmbeddedModels:
 
 
 def gold_conversations(task: str, *, count: int, seed: int = 0, split: str = "train") -> list[list[dict]]:
-    """``count`` gold conversations (system, user, assistant turns as raw text, tool results)."""
-    if task != "tool_math":
-        raise ValueError(f"no gold conversation generator wired for task {task!r}")
-    from .tasks import tool_math
+    """``count`` gold conversations (system, user, assistant turns as raw text, tool results).
 
+    ``visual_qa`` conversations use the easy ``"dots"`` level (a tiny vision-language model can
+    learn it); their user message and zoom result hold PIL images.
+    """
+    from .tasks import tool_math, visual_qa
+
+    makers = {
+        "tool_math": (tool_math, lambda index: tool_math.make_item(split, index, seed=seed)),
+        "visual_qa": (visual_qa, lambda index: visual_qa.make_item(split, index, seed=seed, level="dots")),
+    }
+    if task not in makers:
+        raise ValueError(f"no gold conversation generator wired for task {task!r}")
+    module, make_item = makers[task]
     out = []
     for index in range(count):
-        item = tool_math.make_item(split, index, seed=seed)
+        item = make_item(index)
         turns = [
             {"role": "assistant", "content": assistant_text(m)} if m["role"] == "assistant" else m
-            for m in tool_math.gold_turns(item)
+            for m in module.gold_turns(item)
         ]
-        out.append(tool_math.prompt_messages(item) + turns)
+        out.append(module.prompt_messages(item) + turns)
     return out
 
 

@@ -10,6 +10,14 @@ Scenes are plain data (``scene``), rendered deterministically by :func:`render_s
 split of a scene is decided by hashing its description, so train and eval never share one.
 A user's JSON Lines file of ``{"image", "question", "answer", "bbox"?}`` (image paths
 relative to the file) can replace the generated items.
+
+Two levels of generated items exist: ``"scenes"`` (the above, the default) and ``"dots"``, an
+easy level for tiny vision-language models that see images downscaled to about 56x56 pixels. A
+dots image is a 4x4 grid of 112-pixel cells with faint grid lines, each cell holding one small
+dot (radius 5-7 px) of one of the five colours; the question names a cell by its pixel box and
+asks the dot's colour. Zooming into that cell (4x) shows the dot large; every block of 80
+consecutive indices asks each (cell, colour) pair exactly once, so the cell named gives no hint
+of the colour.
 """
 
 from __future__ import annotations
@@ -35,6 +43,15 @@ BACKGROUND = (246, 245, 240)
 COLORS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220),
           "yellow": (230, 180, 0), "purple": (148, 60, 189)}
 KINDS = ("circle", "square", "triangle")
+LEVELS = ("scenes", "dots")
+DOT_CELL = 112
+DOT_GRID = SIZE // DOT_CELL
+DOT_RADII = (5, 7)
+DOT_MAX_OFFSET = 18
+"""Largest shift of a dot's centre from its cell's centre, per axis (at most ~25 px overall)."""
+GRID_LINE = (226, 225, 218)
+_DOTS_PLAN_STREAM = {"train": 101, "eval": 102}
+"""Seed-sequence tags of the (cell, colour) plans, distinct from draw_for_split's streams."""
 SYSTEM_PROMPT = (
     "Answer the question about the image. Small details can be read with the zoom tool "
     "(bbox in pixels). Give the final answer in \\boxed{}."
@@ -97,14 +114,85 @@ def render_scene(scene: dict[str, Any]) -> Image.Image:
     return image
 
 
-def make_item(split: str, index: int, *, seed: int = 0) -> dict[str, Any]:
-    """Generated item ``index`` of ``split``.
+def dot_cell_box(cell: int) -> list[int]:
+    """Pixel box ``[x0, y0, x1, y1]`` of dots-grid cell ``cell`` (row-major, 0..15)."""
+    x0, y0 = (cell % DOT_GRID) * DOT_CELL, (cell // DOT_GRID) * DOT_CELL
+    return [x0, y0, x0 + DOT_CELL, y0 + DOT_CELL]
+
+
+def _dots_plan(split: str, seed: int, index: int) -> tuple[int, str]:
+    """The asked cell and answer colour of dots item ``index`` of ``split``.
+
+    Indices come in blocks of 16 cells x 5 colours = 80; each block asks every (cell, colour)
+    pair exactly once, in an order shuffled by ``seed``, ``split`` and the block number.
+    """
+    pairs = DOT_GRID ** 2 * len(COLORS)
+    block, position = divmod(index, pairs)
+    order = np.random.default_rng([seed, _DOTS_PLAN_STREAM[split], block]).permutation(pairs)
+    cell, color = divmod(int(order[position]), len(COLORS))
+    return cell, list(COLORS)[color]
+
+
+def _draw_dots(rng: np.random.Generator, asked_cell: int, asked_color: str) -> dict[str, Any]:
+    """A random dots grid whose ``asked_cell`` holds an ``asked_color`` dot, and its question."""
+    dots = []
+    for cell in range(DOT_GRID ** 2):
+        random_color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        x0, y0, _, _ = dot_cell_box(cell)
+        dots.append({"color": asked_color if cell == asked_cell else random_color,
+                     "x": x0 + DOT_CELL // 2 + int(rng.integers(-DOT_MAX_OFFSET, DOT_MAX_OFFSET + 1)),
+                     "y": y0 + DOT_CELL // 2 + int(rng.integers(-DOT_MAX_OFFSET, DOT_MAX_OFFSET + 1)),
+                     "r": int(rng.integers(DOT_RADII[0], DOT_RADII[1] + 1))})
+    bbox = dot_cell_box(asked_cell)
+    question = "What color is the dot inside [{}, {}, {}, {}]?".format(*bbox)
+    return {"scene": {"dots": dots}, "question": question, "answer": asked_color,
+            "qtype": "dots", "bbox": bbox}
+
+
+def render_dots(scene: dict[str, Any]) -> Image.Image:
+    """Draw a dots grid (faint grid lines, one filled dot per cell) as a 448x448 RGB image."""
+    image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for k in range(1, DOT_GRID):
+        draw.line([(k * DOT_CELL, 0), (k * DOT_CELL, SIZE - 1)], fill=GRID_LINE, width=1)
+        draw.line([(0, k * DOT_CELL), (SIZE - 1, k * DOT_CELL)], fill=GRID_LINE, width=1)
+    for d in scene["dots"]:
+        x, y, r = d["x"], d["y"], d["r"]
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=COLORS[d["color"]])
+    return image
+
+
+def check_level(level: str) -> str:
+    """``level`` itself when it is a known level of generated items.
+
+    Raises:
+        ValueError: an unknown level; the message lists the allowed ones.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown visual_qa level {level!r}; allowed levels: {', '.join(LEVELS)}")
+    return level
+
+
+def _item_key(item: dict[str, Any]) -> str:
+    """The text identifying a generated item, hashed to choose its split."""
+    return json.dumps([item["scene"], item["question"]])
+
+
+def make_item(split: str, index: int, *, seed: int = 0, level: str = "scenes") -> dict[str, Any]:
+    """Generated item ``index`` of ``split`` at ``level`` (``"scenes"`` or ``"dots"``).
 
     Returns:
         ``{"scene", "question", "answer", "qtype", "bbox", "image"}`` (``image`` rendered).
+
+    Raises:
+        ValueError: an unknown level.
     """
-    item = draw_for_split(split, seed, index, _draw_scene,
-                          key=lambda it: json.dumps([it["scene"], it["question"]]))
+    if check_level(level) == "dots":
+        cell, color = _dots_plan(split, seed, index)
+        item = draw_for_split(split, seed, index, lambda rng: _draw_dots(rng, cell, color),
+                              key=_item_key)
+        return {**item, "image": render_dots(item["scene"])}
+    item = draw_for_split(split, seed, index, _draw_scene, key=_item_key)
     return {**item, "image": render_scene(item["scene"])}
 
 
