@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,6 +42,10 @@ class TrainBatch:
     """[B] float32 group-normalised outcome advantages (GRPO)."""
     traj_index_B: Tensor
     """[B] long index of each row's trajectory in the list given to :func:`collate`."""
+    pixel_inputs: list[Any] | None = None
+    """[B] each row's :class:`~reopold_agent.vision.VisionInputs` (None for a row without
+    images), or None for a text batch. Stays on the CPU; the model's forward inputs are built
+    per micro-batch."""
 
     @property
     def num_rows(self) -> int:
@@ -51,13 +56,19 @@ class TrainBatch:
         rows = torch.as_tensor(rows, dtype=torch.long)
         width = int(self.attention_mask_BT[rows].sum(-1).max())
         out = {}
-        for f in fields(self):
+        for f in _tensor_fields():
             value = getattr(self, f.name)[rows]
             out[f.name] = value[:, :width] if f.name.endswith("_BT") else value
-        return TrainBatch(**out)
+        pixels = None if self.pixel_inputs is None else [self.pixel_inputs[i] for i in rows.tolist()]
+        return TrainBatch(**out, pixel_inputs=pixels)
 
     def to(self, device: torch.device | str) -> "TrainBatch":
-        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in _tensor_fields()},
+                          pixel_inputs=self.pixel_inputs)
+
+
+def _tensor_fields():
+    return [f for f in fields(TrainBatch) if f.name != "pixel_inputs"]
 
 
 def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
@@ -98,8 +109,16 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teache
                 raise ValueError(f"trajectory {b} ({traj.prompt_id}) has no teacher scores")
             teacher[b, positions] = _values(traj.teacher_logprobs, positions, "teacher_logprobs", b)
     rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
+    pixels = None
+    if any(t.images for t in trajectories):
+        for b, traj in enumerate(trajectories):
+            have = traj.pixel_inputs.num_images if traj.pixel_inputs is not None else 0
+            if have != len(traj.images):
+                raise ValueError(f"trajectory {b} ({traj.prompt_id}) has {len(traj.images)} images but pixel inputs "
+                                 f"for {have}")
+        pixels = [t.pixel_inputs for t in trajectories]
     return TrainBatch(ids, attn, valid, old, teacher, ent, rewards,
-                      group_advantages(trajectories), torch.arange(B))
+                      group_advantages(trajectories), torch.arange(B), pixels)
 
 
 def group_advantages(trajectories: list[Trajectory]) -> Tensor:

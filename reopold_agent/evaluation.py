@@ -71,7 +71,8 @@ def _play(engine, make_env, envs, jobs, batch_episodes, seed, step) -> list[Traj
 
 
 def _with_sampling(engine: RolloutEngine, **changes) -> RolloutEngine:
-    return RolloutEngine(engine.backend, engine.tokenizer, dataclasses.replace(engine.config, **changes))
+    return RolloutEngine(engine.backend, engine.tokenizer, dataclasses.replace(engine.config, **changes),
+                         vision=engine.vision)
 
 
 def _majority_correct(group: list[Trajectory]) -> bool:

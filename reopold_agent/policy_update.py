@@ -53,8 +53,13 @@ def policy_update(
     gather: Gather = lambda x: x,
     chunk_rows: int = 1024,
     generator: torch.Generator | None = None,
+    vision: Any = None,
 ) -> dict[str, float]:
-    """Run the optimiser steps of one training step on ``batch`` and return averaged stats."""
+    """Run the optimiser steps of one training step on ``batch`` and return averaged stats.
+
+    ``vision`` (a :class:`~reopold_agent.vision.VisionProcessor`) builds the pixel inputs and 3D
+    positions of each micro-batch for a vision-language student; None for text students.
+    """
     fn = get_objective(settings.name)
     config = objective_config(settings, total_steps)
     device = next(model.parameters()).device
@@ -64,11 +69,13 @@ def policy_update(
     for mini_rows in order.chunk(optim.mini_batches):
         mini = batch.select(mini_rows)
         if settings.entropy_source == "current":
-            mini.behaviour_entropy_BT = _current_entropy(model, mini, optim.micro_batch_rows, chunk_rows, device)
+            mini.behaviour_entropy_BT = _current_entropy(model, mini, optim.micro_batch_rows, chunk_rows, device,
+                                                         vision)
         tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
         for micro_rows in torch.arange(mini.num_rows).split(optim.micro_batch_rows):
             micro = mini.select(micro_rows).to(device)
-            logp_BT, _ = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows)
+            logp_BT, _ = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows,
+                                           extra_inputs=forward_inputs(micro, vision))
             inputs = ObjectiveInputs(
                 logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
                 teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
@@ -113,12 +120,23 @@ def _scope_values(batch: TrainBatch, settings: ObjectiveConfig, config: Any, ste
 
 
 @torch.no_grad()
-def _current_entropy(model, mini: TrainBatch, rows: int, chunk_rows: int, device) -> Tensor:
+def _current_entropy(model, mini: TrainBatch, rows: int, chunk_rows: int, device, vision=None) -> Tensor:
     """Entropy of the current policy at every position (no gradient), [B, T] on CPU."""
     out = torch.zeros_like(mini.behaviour_entropy_BT)
     for micro_rows in torch.arange(mini.num_rows).split(rows):
         micro = mini.select(micro_rows).to(device)
         _, ent_BT = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT,
-                                      with_entropy=True, chunk_rows=chunk_rows)
+                                      with_entropy=True, chunk_rows=chunk_rows,
+                                      extra_inputs=forward_inputs(micro, vision))
         out[micro_rows, : ent_BT.shape[1]] = ent_BT.cpu()
     return out
+
+
+def forward_inputs(batch: TrainBatch, vision: Any) -> dict[str, Tensor] | None:
+    """Extra model inputs of a (micro-)batch: pixel values, grids and 3D positions, or None."""
+    if vision is None:
+        if batch.pixel_inputs is not None:
+            raise ValueError("the batch holds images but the student is a text-only model")
+        return None
+    rows = batch.pixel_inputs or [None] * batch.num_rows
+    return vision.forward_inputs(rows, batch.input_ids_BT, batch.attention_mask_BT)

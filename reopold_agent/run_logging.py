@@ -21,6 +21,7 @@ import yaml
 
 from .trajectory import Trajectory
 from .trajectory_io import write_trajectories
+from .vision.storage import save_trajectory_images
 
 
 class RunLogger:
@@ -66,6 +67,7 @@ class RunLogger:
 
     def log_trajectories(self, name: str, trajectories: list[Trajectory]) -> Path:
         path = self.run_dir / "trajectories" / f"{name}.jsonl"
+        save_trajectory_images(self.run_dir, trajectories)  # images first: a line never points at nothing
         write_trajectories(path, trajectories, append=False)
         return path
 

@@ -3,7 +3,9 @@
 Used for the cold start of a student (``reopold-agent sft``) and to build the embedded tiny
 teacher and student. The loss is token cross-entropy on the assistant tokens only, found with the
 chat template's ``{% generation %}`` markers (``return_assistant_tokens_mask``): system, user and
-tool tokens never carry loss, exactly as in distillation.
+tool tokens never carry loss, exactly as in distillation. For a vision-language student, each
+image placeholder is expanded to the image's tokens (loss mask 0) and the conversation keeps its
+pixel inputs, exactly as the rollout engine builds them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from .batching import pad_right
 from .objectives import ObjectiveInputs, SftConfig, sft_objective
 from .sequence_scoring import sequence_logprobs
+from .vision.processing import VisionInputs, VisionProcessor, message_images
 
 
 @dataclass
@@ -46,14 +49,18 @@ class TokenizedConversation:
     """[T] ids of the templated conversation."""
     assistant_mask: list[int]
     """[T] 1 on tokens the assistant generated (content, tool calls, end-of-turn)."""
+    pixel_inputs: VisionInputs | None = None
+    """The conversation's images for a vision-language model, or None."""
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]],
-                          tools: list[dict] | None = None) -> TokenizedConversation:
-    """Template ``messages`` and mark the assistant tokens.
+                          tools: list[dict] | None = None, *,
+                          vision: VisionProcessor | None = None) -> TokenizedConversation:
+    """Template ``messages`` and mark the assistant tokens (expanding images with ``vision``).
 
     Raises:
-        ValueError: the chat template has no ``{% generation %}`` markers (no assistant mask).
+        ValueError: the chat template has no ``{% generation %}`` markers (no assistant mask),
+            or the conversation has images and no ``vision`` processor is given.
     """
     out = tokenizer.apply_chat_template(
         messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
@@ -62,7 +69,16 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]],
     mask = list(out["assistant_masks"])
     if not any(mask):
         raise ValueError("chat template marks no assistant tokens; it needs {% generation %} blocks")
-    return TokenizedConversation(ids, mask)
+    images = message_images(messages)
+    if not images:
+        return TokenizedConversation(ids, mask)
+    if vision is None:
+        raise ValueError("the conversation holds images; a vision-language student (and its processor) is needed")
+    features = [vision.encode(image) for image in images]
+    expanded, is_image = vision.expand_placeholders(ids, features)
+    text_mask = iter(m for t, m in zip(ids, mask) if t != vision.image_token_id)
+    expanded_mask = [0 if flag else next(text_mask) for flag in is_image]  # image tokens never carry loss
+    return TokenizedConversation(expanded, expanded_mask, VisionInputs.from_features(features))
 
 
 def supervised_train(
@@ -72,8 +88,12 @@ def supervised_train(
     *,
     pad_token_id: int,
     on_step: Callable[[int, float], None] | None = None,
+    vision: VisionProcessor | None = None,
 ) -> float:
-    """Train ``model`` on ``examples`` in place; returns the mean loss of the last 50 steps."""
+    """Train ``model`` on ``examples`` in place; returns the mean loss of the last 50 steps.
+
+    ``vision`` gives the pixel inputs and 3D positions of examples with images.
+    """
     if not examples:
         raise ValueError("no supervised examples")
     rng = random.Random(config.seed)
@@ -85,7 +105,9 @@ def supervised_train(
     for step in range(config.steps):
         batch = [examples[rng.randrange(len(examples))] for _ in range(config.batch_size)]
         ids, attn, mask = _pad(batch, pad_token_id)
-        logp, _ = sequence_logprobs(model, ids.to(device), attn.to(device))
+        ids, attn = ids.to(device), attn.to(device)
+        extra = vision.forward_inputs([x.pixel_inputs for x in batch], ids, attn) if vision is not None else None
+        logp, _ = sequence_logprobs(model, ids, attn, extra_inputs=extra)
         loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(device)), step=step, config=SftConfig())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -7,7 +7,9 @@ every time, because peers have shipped each of these bugs:
 * teacher and student must share one vocabulary (same token-to-id mapping), else a clear error
   before any scoring (not a broadcast error deep inside the loss);
 * every student token id must exist in the teacher's embedding table;
-* the scored sequence has exactly the trajectory's length, and only loss-mask tokens count.
+* the scored sequence has exactly the trajectory's length, and only loss-mask tokens count;
+* a vision-language teacher gets the very pixel inputs the student generated from (the
+  trajectory's in-memory ``pixel_inputs``), with the same placeholder tokens.
 """
 
 from __future__ import annotations
@@ -57,15 +59,18 @@ class TeacherScorer:
         pad_token_id: id used to right-pad rows (masked out by the attention mask).
         batch_rows: trajectories per teacher forward.
         chunk_rows: rows of the vocabulary projection computed at once.
+        vision: positions and pixel inputs for a vision-language teacher (None for text).
     """
 
-    def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024) -> None:
+    def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024,
+                 vision: Any = None) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.pad_token_id = pad_token_id
         self.batch_rows = batch_rows
         self.chunk_rows = chunk_rows
+        self.vision = vision
 
     @torch.no_grad()
     def score(self, trajectories: list[Trajectory]) -> None:
@@ -75,11 +80,26 @@ class TeacherScorer:
         for start in range(0, len(order), self.batch_rows):
             chunk = [trajectories[i] for i in order[start:start + self.batch_rows]]
             ids, attn = pad_right([t.token_ids for t in chunk], self.pad_token_id)
-            logp_BT, _ = sequence_logprobs(self.model, ids.to(device), attn.to(device), chunk_rows=self.chunk_rows)
+            ids, attn = ids.to(device), attn.to(device)
+            extra = self._vision_inputs(chunk, ids, attn)
+            logp_BT, _ = sequence_logprobs(self.model, ids, attn, chunk_rows=self.chunk_rows, extra_inputs=extra)
             logp_BT = logp_BT.cpu()
+            ids = ids.cpu()
             for b, traj in enumerate(chunk):
                 scored = logp_BT[b, :traj.num_tokens].tolist()
                 if len(scored) != traj.num_tokens or not torch.equal(ids[b, :traj.num_tokens],
                                                                      torch.tensor(traj.token_ids)):
                     raise RuntimeError(f"teacher scored {len(scored)} tokens for a {traj.num_tokens}-token trajectory")
                 traj.teacher_logprobs = [None] + scored[1:]
+
+    def _vision_inputs(self, chunk: list[Trajectory], ids, attn) -> dict | None:
+        if self.vision is None:
+            if any(t.images for t in chunk):
+                raise ValueError("trajectories hold images but the teacher is a text-only model")
+            return None
+        for traj in chunk:
+            have = traj.pixel_inputs.num_images if traj.pixel_inputs is not None else 0
+            if have != len(traj.images):
+                raise ValueError(f"trajectory {traj.prompt_id!r} has {len(traj.images)} images but pixel inputs for "
+                                 f"{have}; reload them with reopold_agent.vision.storage.load_pixel_inputs")
+        return self.vision.forward_inputs([t.pixel_inputs for t in chunk], ids, attn)

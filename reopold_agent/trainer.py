@@ -104,6 +104,7 @@ class Trainer:
             gather=acc.gather if self.world > 1 else (lambda x: x),
             chunk_rows=cfg.model.vocab_chunk_rows,
             generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
+            vision=parts.engine.vision,
         )
         t3 = time.perf_counter()
         parts.engine.backend.sync_weights(parts.student)

@@ -117,6 +117,11 @@ class Trajectory:
     info: dict[str, Any] = field(default_factory=dict)
     """Free-form numbers and text from the environment (answers, verifier details)."""
     schema_version: int = SCHEMA_VERSION
+    pixel_inputs: Any = field(default=None, repr=False, compare=False)
+    """In memory only, never written: the :class:`reopold_agent.vision.VisionInputs` (pixel
+    patches, grids, resized images) of ``images``, shared by the student's generation, the
+    teacher and the update. A reloaded trajectory gets them back from its stored images with
+    :func:`reopold_agent.vision.storage.load_pixel_inputs`."""
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -131,6 +136,9 @@ class Trajectory:
         if self.entropy is not None:
             lengths["entropy"] = len(self.entropy)
         bad = {k: v for k, v in lengths.items() if v != n}
+        for image in self.images:
+            if not 0 <= image.token_start < image.token_end <= n:
+                bad[f"images[{image.path}]"] = (image.token_start, image.token_end)
         if bad:
             raise ValueError(f"trajectory per-token fields must have length {n} (token_ids); got {bad}")
 

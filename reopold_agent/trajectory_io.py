@@ -24,6 +24,7 @@ from typing import Any
 
 from .trajectory import SCHEMA_VERSION, ImageRecord, Trajectory
 
+_IN_MEMORY_ONLY = ("pixel_inputs",)
 _FLOAT_LISTS = ("logprobs", "teacher_logprobs", "entropy")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -43,7 +44,8 @@ class LineError:
 
 def trajectory_to_json(traj: Trajectory) -> str:
     """Serialise one trajectory to a single line of strict JSON (no trailing newline)."""
-    record = dataclasses.asdict(traj)
+    record = {f.name: getattr(traj, f.name) for f in dataclasses.fields(traj) if f.name not in _IN_MEMORY_ONLY}
+    record["images"] = [dataclasses.asdict(image) for image in traj.images]
     for key in _FLOAT_LISTS:
         if record[key] is not None:
             record[key] = [_encode_float(v) for v in record[key]]
@@ -69,7 +71,7 @@ def trajectory_from_json(line: str) -> Trajectory:
         if record.get(key) is not None:
             record[key] = [_decode_float(v) for v in record[key]]
     record["images"] = [ImageRecord(**img) for img in record.get("images", [])]
-    known = {f.name for f in dataclasses.fields(Trajectory)}
+    known = {f.name for f in dataclasses.fields(Trajectory)} - set(_IN_MEMORY_ONLY)
     unknown = set(record) - known
     if unknown:
         # Fields from a newer minor writer are kept visible rather than dropped silently.

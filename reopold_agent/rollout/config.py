@@ -35,8 +35,21 @@ class RolloutConfig:
     almost together, so they share the next generation batch (0 = continue at once). Larger
     values mean fuller generation batches but more latency per turn; a slow tool never delays
     other episodes by more than this."""
+    max_images_per_episode: int = 8
+    """Images one episode may hold (prompt and tool outputs); a tool's further images are
+    replaced by a text note saying so. Bounds the pixel memory of long image-tool episodes."""
+    image_min_pixels: int = 3136
+    """Vision-language students: smaller images are enlarged to at least this many pixels."""
+    image_max_pixels: int = 401408
+    """Vision-language students: larger images are shrunk to at most this many pixels (with
+    patch 14 and merge 2, 401,408 pixels = 512 image tokens)."""
 
     def __post_init__(self) -> None:
+        if self.max_images_per_episode < 0:
+            raise ValueError(f"rollout.max_images_per_episode must be >= 0, got {self.max_images_per_episode}")
+        if not 0 < self.image_min_pixels <= self.image_max_pixels:
+            raise ValueError(f"rollout.image_min_pixels ({self.image_min_pixels}) must be positive and at most "
+                             f"rollout.image_max_pixels ({self.image_max_pixels})")
         for name in ("group_size", "max_turn_tokens", "max_episode_tokens", "max_turns", "tool_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,14 @@ Budgets: ``max_turn_tokens`` caps one assistant turn, ``max_episode_tokens`` the
 (prompt included), ``max_turns`` the assistant turns of one episode. A turn cut by a budget ends
 the episode before its tool calls run, so no half tool call is ever executed and no tool output
 or image is appended without its tokens.
+
+Images (vision-language students, given a :class:`~reopold_agent.vision.VisionProcessor`): every
+image of the prompt or of a tool message is resized and patched once; its single template
+placeholder becomes ``num_tokens`` image tokens (source ``image``, loss mask 0), and its features
+join the episode's pixel inputs in the same step. A tool turn whose tokens do not fit is dropped
+whole, images included, so tokens and features always pair. Beyond
+``rollout.max_images_per_episode`` images, a tool's further images are replaced by a text note
+the student can read (counted in ``info["images_dropped"]``), which bounds memory.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import Any
 
 from reopold_agent.envs.batch import StepOutcome, guarded_step
 
-from ..trajectory import EndReason, TokenSource, Trajectory
+from ..trajectory import EndReason, ImageRecord, TokenSource, Trajectory
+from ..vision.processing import ImageFeatures, VisionInputs, VisionProcessor, is_image_part, message_images
+from ..vision.storage import image_path
 from .backend import GenerationBackend, SamplingParams
 from .config import RolloutConfig
 from .templating import ChatTemplater
@@ -68,16 +78,45 @@ class _Episode:
         self.reward = 0.0
         self.tool_calls = 0
         self.tool_errors = 0
+        self.images: list[ImageFeatures] = []
+        self.image_records: list[ImageRecord] = []
+        self._pixel_inputs: VisionInputs | None = None
 
-    def append(self, ids, source, logprobs=None, entropy=None):
+    def append(self, ids, source, logprobs=None, entropy=None, *, is_image=None, images=()):
+        """Append ids (with their images, whose placeholder tokens ``is_image`` flags)."""
+        start = len(self.token_ids)
         self.token_ids += ids
-        self.source += [source] * len(ids)
+        if is_image is None:
+            self.source += [source] * len(ids)
+        else:
+            self.source += [TokenSource.IMAGE.value if flag else source for flag in is_image]
+            self._record_images(start, is_image, images)
         self.turn += [self.turn_index] * len(ids)
         self.logprobs += logprobs if logprobs is not None else [None] * len(ids)
         self.entropy += entropy if entropy is not None else [None] * len(ids)
 
     def finish(self, reason: EndReason):
         self.done, self.end_reason = True, reason
+
+    def _record_images(self, start: int, is_image: list[bool], images: list[ImageFeatures]) -> None:
+        k, t = 0, 0
+        while t < len(is_image):
+            if is_image[t]:
+                feat = images[k]
+                self.image_records.append(ImageRecord(image_path(feat), start + t, start + t + feat.num_tokens,
+                                                      list(feat.grid_thw)))
+                t += feat.num_tokens
+                k += 1
+            else:
+                t += 1
+        self.images += images
+        self._pixel_inputs = None
+
+    def pixel_inputs(self) -> VisionInputs | None:
+        """The pixel inputs of all images so far (built once per change)."""
+        if self._pixel_inputs is None and self.images:
+            self._pixel_inputs = VisionInputs.from_features(self.images)
+        return self._pixel_inputs
 
 
 class RolloutEngine:
@@ -87,12 +126,16 @@ class RolloutEngine:
         backend: samples assistant turns.
         tokenizer: the student's tokenizer (its chat template renders prompts and tool turns).
         config: budgets, sampling settings, tool threads and the straggler wait.
+        vision: prepares images for a vision-language student; None for a text student (an
+            environment that shows images then stops the run with a clear error).
     """
 
-    def __init__(self, backend: GenerationBackend, tokenizer: Any, config: RolloutConfig) -> None:
+    def __init__(self, backend: GenerationBackend, tokenizer: Any, config: RolloutConfig,
+                 vision: VisionProcessor | None = None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
+        self.vision = vision
         self.templater = ChatTemplater(tokenizer, render_tools=config.render_tools)
         stop = set(_eos_ids(tokenizer))
         if config.stop_at_tool_call_end:
@@ -153,11 +196,27 @@ class RolloutEngine:
 
     def _open(self, index: int, env: Any, request: EpisodeRequest) -> _Episode:
         messages, info = env.reset(seed=request.seed, options=request.options)
-        prompt_ids = self.templater.prompt_ids(messages, info.get("tools"))
-        ep = _Episode(index, env, request, messages, info, prompt_ids)
-        if len(prompt_ids) >= self.config.max_episode_tokens:
+        ep = _Episode(index, env, request, messages, info, [])
+        images = self._encode_images(message_images(messages))
+        if len(images) > self.config.max_images_per_episode:
+            raise ValueError(f"the prompt of {info.get('prompt_id', 'an episode')} holds {len(images)} images, more "
+                             f"than rollout.max_images_per_episode={self.config.max_images_per_episode}")
+        ids, is_image = self._expand(self.templater.prompt_ids(messages, info.get("tools")), images)
+        ep.append(ids, TokenSource.PROMPT.value, is_image=is_image, images=images)
+        if len(ids) >= self.config.max_episode_tokens:
             ep.finish(EndReason.EPISODE_TOKEN_BUDGET)
         return ep
+
+    def _encode_images(self, images: list[Any]) -> list[ImageFeatures]:
+        if images and self.vision is None:
+            raise ValueError("the environment shows images but the student is a text-only model; "
+                             "use a vision-language student (e.g. Qwen2.5-VL) for this task")
+        return [self.vision.encode(image) for image in images]
+
+    def _expand(self, ids: list[int], images: list[ImageFeatures]) -> tuple[list[int], list[bool] | None]:
+        if self.vision is None:
+            return ids, None
+        return self.vision.expand_placeholders(ids, images)
 
     def _generate_turn(self, active: list[_Episode], *, seed: int) -> None:
         """Sample the next turn of every episode in ``active`` in one backend call."""
@@ -165,7 +224,9 @@ class RolloutEngine:
         budgets = [min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)) for ep in active]
         seeds = [episode_seed(seed, ep.index, ep.turn_index) for ep in active]
         start = time.perf_counter()
-        gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds)
+        extra = [{"vision": ep.pixel_inputs()} if ep.images else None for ep in active]
+        gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds,
+                                     extra_inputs=extra if any(extra) else None)
         for ep, gen, budget in zip(active, gens, budgets):
             ep.turn_index += 1
             ep.append(gen.token_ids, TokenSource.MODEL.value, list(gen.logprobs), list(gen.entropy))
@@ -198,12 +259,38 @@ class RolloutEngine:
                 ep.finish(EndReason.TURN_LIMIT)
 
     def _append_tool_turn(self, ep: _Episode, observation: list[dict]) -> None:
-        ids = self.templater.tool_turn_ids(ep.last_text, observation)
+        observation = self._limit_images(ep, observation)
+        images = self._encode_images(message_images(observation))
+        ids, is_image = self._expand(self.templater.tool_turn_ids(ep.last_text, observation), images)
         if len(ep.token_ids) + len(ids) >= self.config.max_episode_tokens:
-            ep.finish(EndReason.EPISODE_TOKEN_BUDGET)  # never append a tool output cut in half
+            ep.finish(EndReason.EPISODE_TOKEN_BUDGET)  # never append a tool output (or image) cut in half
             return
-        ep.append(ids, TokenSource.TOOL.value)
+        ep.append(ids, TokenSource.TOOL.value, is_image=is_image, images=images)
         ep.messages.extend(_display_message(m) for m in observation)
+
+    def _limit_images(self, ep: _Episode, observation: list[dict]) -> list[dict]:
+        """Replace images beyond ``max_images_per_episode`` with a note the student can read."""
+        room = self.config.max_images_per_episode - len(ep.images)
+        if len(message_images(observation)) <= room:
+            return observation
+        out = []
+        for message in observation:
+            content = message.get("content")
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if is_image_part(part):
+                        if room > 0:
+                            room -= 1
+                        else:
+                            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
+                            part = {"type": "text", "text": (
+                                f"[image not shown: this episode already holds {len(ep.images)} images, "
+                                f"the limit of rollout.max_images_per_episode]")}
+                    parts.append(part)
+                message = {**message, "content": parts}
+            out.append(message)
+        return out
 
     def _to_trajectory(self, ep: _Episode, *, step: int, task: str) -> Trajectory:
         return Trajectory(
@@ -224,6 +311,8 @@ class RolloutEngine:
             sample_index=ep.request.sample_index,
             step=step,
             info={k: _jsonable(v) for k, v in ep.info.items() if k not in ("tools",)},
+            images=list(ep.image_records),
+            pixel_inputs=ep.pixel_inputs(),
         )
 
 

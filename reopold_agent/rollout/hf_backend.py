@@ -10,6 +10,11 @@ Prompts are left-padded; position ids are computed from the attention mask, so r
 lengths are exact (a row's logits do not depend on the padding of others, up to float rounding of
 batched kernels, ~1e-7 on CPU). Sampling is batch-invariant (:mod:`.sampling`): each row draws
 from counter-based noise keyed by its own seed and decode step, never from a shared RNG.
+
+Vision-language students (given a :class:`~reopold_agent.vision.VisionProcessor`): rows carry
+their pixel inputs as ``extra_inputs[b]["vision"]``; the prefill gets the batch's pixel values,
+patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), and each
+decode step continues every row at its own next position on all three axes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from ..vision.positions import next_positions
+from ..vision.processing import VisionProcessor
 from .backend import Generation, GenerationBackend, SamplingParams
 from .sampling import row_keys, sample
 
@@ -32,12 +39,15 @@ class HFGenerationBackend(GenerationBackend):
         model: the student; used in eval mode under ``torch.no_grad`` and restored afterwards.
         pad_token_id: id fed for left padding and for rows that already stopped.
         max_batch_rows: split larger batches into chunks of at most this many rows.
+        vision: the image processor of a vision-language student (None for text models).
     """
 
-    def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256) -> None:
+    def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
+                 vision: VisionProcessor | None = None) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_rows = max_batch_rows
+        self.vision = vision
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -53,27 +63,30 @@ class HFGenerationBackend(GenerationBackend):
         if not len(prompts) == len(max_new_tokens) == len(seeds):
             raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
                              "need one of each per row")
-        if extra_inputs is not None and any(x for x in extra_inputs):
-            raise NotImplementedError("HFGenerationBackend handles text prompts only")
+        rows = [(x or {}).get("vision") for x in extra_inputs] if extra_inputs is not None else [None] * len(prompts)
+        if any(r is not None for r in rows) and self.vision is None:
+            raise ValueError("prompts carry images but this backend was built without a VisionProcessor "
+                             "(a text-only student cannot read images)")
         out: list[Generation] = []
         for start in range(0, len(prompts), self.max_batch_rows):
             end = start + self.max_batch_rows
-            out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seeds[start:end]))
+            out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seeds[start:end],
+                                            rows[start:end]))
         return out
 
     @torch.no_grad()
     def _generate_chunk(
-        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int]
+        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int], rows: list
     ) -> list[Generation]:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._decode(prompts, budgets, params, seeds, device)
+            return self._decode(prompts, budgets, params, seeds, rows, device)
         finally:
             self.model.train(was_training)
 
-    def _decode(self, prompts, budgets, params, seeds, device) -> list[Generation]:
+    def _decode(self, prompts, budgets, params, seeds, rows, device) -> list[Generation]:
         """Decode B rows together; every row stops at its own stop token or budget."""
         B = len(prompts)
         width = max(len(p) for p in prompts)
@@ -82,7 +95,12 @@ class HFGenerationBackend(GenerationBackend):
         for b, prompt in enumerate(prompts):
             ids_BL[b, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             attn_BL[b, width - len(prompt):] = 1
-        pos_BL = (attn_BL.cumsum(-1) - 1).clamp(min=0)
+        extra: dict[str, Any] = {}
+        if self.vision is not None:
+            extra = self.vision.forward_inputs(rows, ids_BL, attn_BL)
+            pos_BL = extra.pop("position_ids")  # [3, B, L]
+        else:
+            pos_BL = (attn_BL.cumsum(-1) - 1).clamp(min=0)
         budget_B = torch.tensor(budgets, device=device)
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
         keys_B = row_keys(seeds, device)
@@ -93,7 +111,7 @@ class HFGenerationBackend(GenerationBackend):
         stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
         step_ids, step_pos = ids_BL, pos_BL
         for t in range(int(budget_B.max())):
-            logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache)
+            logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
             logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
             next_B = sample(logits_BV.float(), params, keys_B, t)
             next_B = torch.where(done_B, torch.full_like(next_B, self.pad_token_id), next_B)
@@ -105,14 +123,16 @@ class HFGenerationBackend(GenerationBackend):
             done_B |= hit_stop_B | (budget_B <= t + 1)
             if bool(done_B.all()):
                 break
+            if t == 0 and step_pos.ndim == 3:  # 3D positions: continue each row after its largest one
+                step_pos = next_positions(step_pos, attn_BL)[None, :, None].expand(3, -1, 1) - 1
             attn_BL = torch.cat([attn_BL, torch.ones_like(attn_BL[:, :1])], dim=1)
-            step_ids, step_pos = next_B[:, None], step_pos[:, -1:] + 1
+            step_ids, step_pos = next_B[:, None], step_pos[..., -1:] + 1
         return _collect(tokens, logps, ents, budgets, stopped_B, stop_ids)
 
-    def _forward_last(self, ids, attn, pos, cache) -> torch.Tensor:
+    def _forward_last(self, ids, attn, pos, cache, extra) -> torch.Tensor:
         out = self.model(
             input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-            logits_to_keep=1, **{self._cache_kwarg: cache},
+            logits_to_keep=1, **{self._cache_kwarg: cache}, **extra,
         )
         return out.logits[:, -1, :]
 

@@ -1,0 +1,10 @@
+"""Vision-language support: image processing, placeholder expansion, 3D positions, tiny VL models.
+
+Text and vision-language students share one rollout engine, teacher scorer and trainer; this
+package holds the only image-specific pieces they call.
+"""
+
+from .positions import mrope_position_ids, next_positions
+from .processing import ImageFeatures, VisionInputs, VisionProcessor
+
+__all__ = ["ImageFeatures", "VisionInputs", "VisionProcessor", "mrope_position_ids", "next_positions"]
