@@ -1,10 +1,17 @@
 """Self-contained HTML pages of trajectories: the replay's colouring and numbers without a terminal.
 
 Each page holds one trajectory: a header (run, step, task, reward, phase, KL), the turns with
-their messages, tool calls, tool outputs and images (embedded as data URIs when the file
-exists), and the tokens of each turn coloured by a per-token field. Every token has a tooltip
-(``title``) with all its numbers; a drop-down recolours the page (inline script, no network).
-Several trajectories give an index page linking one page per trajectory.
+their messages, tool calls, tool outputs and images, and the tokens of each turn coloured by a
+per-token field. Every token has a tooltip (``title``) with all its numbers; a drop-down
+recolours the page (inline script, no network). Several trajectories give an index page linking
+one page per trajectory.
+
+Images: the placeholder tokens of an image (vision-language episodes) are replaced, at their
+place in the token stream, by one marker (``[image 1: 4 tokens, grid 1x4x4, images/<hash>.png]``)
+followed by the stored PNG. Images are always embedded as base64 data URIs (downscaled to at
+most 384 pixels a side), never linked: a page stays complete wherever it is written or copied,
+with or without the run directory beside it. A missing or unreadable file leaves the marker
+with a note saying so.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from pathlib import Path
 from ..trajectory_io import LineError
 from .loading import Summary
 from .session import OpenedTrajectory, ReplaySession
-from .token_view import (FIELD_LABELS, FIELDS, colour_scale, fmt, text_colour, token_details,
-                         trajectory_kl)
+from .token_view import (FIELD_LABELS, FIELDS, ImageSpan, colour_scale, display_units, fmt, image_details,
+                         text_colour, token_details, trajectory_kl)
 from .turns import ImageView, TurnView, message_text
 
 _CSS = """
@@ -34,6 +41,8 @@ pre{white-space:pre-wrap;margin:.2em 0;font-size:.85em}
 .legend span.sw{display:inline-block;width:1.2em;height:1em;vertical-align:middle;margin:0 .3em}
 .legend{display:none;font-size:.85em;margin:.4em 0} .legend.on{display:block}
 .call{background:#f6f6f6;padding:.3em .6em;margin:.3em 0} img{max-width:24em;display:block}
+.img{display:inline-block;border:1px dashed #a0a;color:#808;padding:.2em;margin:.2em 0;vertical-align:top}
+.img img{min-width:8em;image-rendering:pixelated} .img.missing{border-color:#c00;color:#c00}
 """
 _SCRIPT = """
 const C=JSON.parse(document.getElementById('colours').textContent);
@@ -140,8 +149,8 @@ def _turn_html(o: OpenedTrajectory, turn: TurnView, texts: list[str], bg: list[s
                    f"<pre>{_e(message_text(m))}</pre></div>" for m in turn.messages)
     calls = "".join(_call_html(c) for c in turn.tool_calls)
     images = "".join(_image_html(im) for im in turn.images)
-    spans = [_token_span(o, t, texts[t], bg[t], fg[t])
-             for t in range(turn.token_start, turn.token_end)]
+    spans = [_image_span_html(image) if image is not None else _token_span(o, t, texts[t], bg[t], fg[t])
+             for t, _, image in display_units(o.images, turn.token_start, turn.token_end)]
     return f"<section>{head}{msgs}{calls}{images}<div class='tokens'>{''.join(spans)}</div></section>"
 
 
@@ -162,20 +171,40 @@ def _call_html(call) -> str:
 
 
 def _image_html(im: ImageView) -> str:
+    """An image of the conversation: its note, and the picture unless the tokens show it."""
+    if im.token_span is not None:  # embedded once, at its tokens
+        return f"<pre>{_e(im.describe())} (shown at tokens {im.token_span[0]}..{im.token_span[1] - 1})</pre>"
     note = f"<pre>{_e(im.describe())}</pre>"
-    if im.path is None or not im.path.exists():
-        return note
+    uri = _png_data_uri(im.path)
+    return note if uri is None else f"{note}<img alt='{_e(str(im.path))}' src='{uri}'>"
+
+
+def _image_span_html(image: ImageSpan) -> str:
+    """One image span of the token stream: its marker and the embedded PNG (or why not)."""
+    tip = "\n".join(f"{k}: {v}" for k, v in image_details(image))
+    uri = _png_data_uri(image.file) if image.exists else None
+    head = (f"<span class='img{'' if uri else ' missing'}' data-start='{image.start}' data-end='{image.end}' "
+            f"title='{_e(tip)}'>{_e(image.marker())}")
+    if uri is None:
+        note = image.missing_note().strip() or "(file unreadable)"
+        return f"{head}<br>{_e(note)}: {_e(str(image.file or image.path))}</span>"
+    return f"{head}<img alt='{_e(image.path)}' src='{uri}'></span>"
+
+
+def _png_data_uri(path: Path | None) -> str | None:
+    """The image at ``path`` as a PNG data URI (at most 384 px a side), or None if unreadable."""
+    if path is None or not path.is_file():
+        return None
     try:
         from PIL import Image
 
-        with Image.open(im.path) as img:
+        with Image.open(path) as img:
             img.thumbnail((384, 384))
             buf = io.BytesIO()
             img.convert("RGB").save(buf, format="PNG")
-    except Exception:  # unreadable image: path and size only
-        return note
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f"{note}<img alt='{_e(str(im.path))}' src='data:image/png;base64,{data}'>"
+    except Exception:  # unreadable image: the caller shows path and size only
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _index_page(session: ReplaySession, opened: list[OpenedTrajectory], pages: list[Path],

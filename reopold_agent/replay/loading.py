@@ -368,7 +368,10 @@ def _file_order(tf: TrajectoryFile) -> tuple:
 
 
 def _run_root_of(folder: Path) -> Path | None:
-    if folder.name == "trajectories" and (folder.parent / "config.yaml").exists():
+    """The run directory of a trajectory file's folder: ``trajectories/`` beside the run's
+    ``config.yaml`` or its stored ``images/`` (so a single file still finds its images)."""
+    if folder.name == "trajectories" and ((folder.parent / "config.yaml").exists()
+                                          or (folder.parent / "images").is_dir()):
         return folder.parent
     return folder if (folder / "config.yaml").exists() else None
 

@@ -4,7 +4,7 @@ terminal UI and the HTML export)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..sandbox import Sandbox
@@ -13,7 +13,7 @@ from ..trajectory_io import LineError
 from .decoding import TokenDecoder
 from .filters import TrajectoryFilter
 from .loading import RunIndex, Summary
-from .token_view import TokenTable, build_token_table, step_entropy_threshold, turn_kl
+from .token_view import ImageSpan, TokenTable, build_token_table, image_spans, step_entropy_threshold, turn_kl
 from .tool_rerun import RerunResult, max_output_chars_from_run, rerun_turn
 from .turns import TurnView, build_turns
 
@@ -34,6 +34,8 @@ class OpenedTrajectory:
     """Teacher-student KL estimate per assistant turn (None when unscored)."""
     switch_step: int | None = None
     """The run's REOPOLD switch step, when known."""
+    images: list[ImageSpan] = field(default_factory=list)
+    """Image placeholder spans with their stored files (each drawn as one marker)."""
 
     def phase_text(self) -> str:
         """e.g. ``phase: refinement (step 3, switch step 1), tau_beta=6.1, floor c=-1.72``."""
@@ -88,9 +90,9 @@ class ReplaySession:
             threshold = self.step_threshold(summary.path)
         table = build_token_table(traj, self.index.info, evaluation=evaluation,
                                   threshold=threshold)
-        cfg = self.index.info.reopold
-        return OpenedTrajectory(summary, traj, table, build_turns(traj, self.index.info.root),
-                                turn_kl(traj), None if cfg is None else cfg.switch_step)
+        cfg, root = self.index.info.reopold, self.index.info.root
+        return OpenedTrajectory(summary, traj, table, build_turns(traj, root), turn_kl(traj),
+                                None if cfg is None else cfg.switch_step, image_spans(traj, root))
 
     def step_threshold(self, path: Path) -> float | None:
         """tau_beta over the valid tokens of the file ``path`` (cached)."""

@@ -15,12 +15,18 @@ Departure: the trainer's threshold covers one mini-batch (``selection_scope: min
 ``train.mini_batches: 1`` that is the whole step, as here; with more mini-batches the replayed
 selection is an approximation. Values that are not recorded (no teacher scores yet) are None
 and shown as absent.
+
+Images (vision-language episodes): the placeholder tokens of each image (source ``image``, loss
+mask 0, carrying no numbers) are drawn as one :class:`ImageSpan` marker, e.g.
+``[image 1: 4 tokens, grid 1x4x4, images/<hash>.png]``; :func:`display_units` splits a token
+range into single tokens and whole image spans for the terminal view and the HTML export.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -30,8 +36,9 @@ from .fields import FIELD_LABELS, FIELDS
 from .loading import RunInfo
 
 __all__ = [
-    "FIELDS", "FIELD_LABELS", "ColourScale", "TokenTable", "build_token_table", "colour_scale",
-    "fmt", "step_entropy_threshold", "text_colour", "token_details", "trajectory_kl", "turn_kl",
+    "FIELDS", "FIELD_LABELS", "ColourScale", "ImageSpan", "TokenTable", "build_token_table",
+    "colour_scale", "display_units", "fmt", "image_details", "image_spans", "step_entropy_threshold", "text_colour",
+    "span_at", "token_details", "trajectory_kl", "turn_kl",
 ]
 
 _DIVERGING = ((0.0, "#b2182b"), (0.25, "#ef8a62"), (0.5, "#f7f7f7"), (0.75, "#67a9cf"),
@@ -102,6 +109,83 @@ class ColourScale:
             prefix = "<=" if i == 0 else (">=" if i == 4 else "")
             out.append((f"{prefix}{v:+.2f}", self.colour(v)))
         return out + [(label, self.colour(v)) for label, v in self.marks]
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """The placeholder tokens of one image, shown as a single marker instead of N image tokens."""
+
+    number: int
+    """1-based position of the image in the episode (``traj.images`` order)."""
+    start: int
+    """First placeholder token."""
+    end: int
+    """One past the last placeholder token."""
+    path: str
+    """Path as recorded (relative to the run directory, ``images/<hash>.png``)."""
+    grid_thw: tuple[int, ...] | None
+    """Vision-encoder patch grid (temporal, height, width), when recorded."""
+    file: Path | None
+    """The stored PNG resolved against the run directory; None without a run directory."""
+    exists: bool
+    """Whether ``file`` was there when the trajectory was opened."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    def marker(self) -> str:
+        """e.g. ``[image 1: 4 tokens, grid 1x4x4, images/ab12.png]`` (with a note when missing)."""
+        grid = "x".join(str(v) for v in self.grid_thw) if self.grid_thw else "not recorded"
+        return f"[image {self.number}: {self.num_tokens} tokens, grid {grid}, {self.path}{self.missing_note()}]"
+
+    def missing_note(self) -> str:
+        """``""``, or why the image cannot be shown (leading space included)."""
+        if self.exists:
+            return ""
+        if self.file is None:
+            return " (file not found: no run directory to look in)"
+        return " (file missing from the run directory)"
+
+
+def image_spans(traj: Trajectory, run_dir: Path | None) -> list[ImageSpan]:
+    """The image spans of ``traj`` with their stored files resolved against ``run_dir``."""
+    out = []
+    for k, rec in enumerate(traj.images):
+        file = Path(rec.path)
+        if not file.is_absolute():
+            file = run_dir / file if run_dir is not None else None
+        grid = tuple(int(v) for v in rec.grid_thw) if rec.grid_thw else None
+        out.append(ImageSpan(k + 1, rec.token_start, rec.token_end, rec.path, grid, file,
+                             file is not None and file.is_file()))
+    return out
+
+
+def display_units(spans: list[ImageSpan], start: int, end: int) -> list[tuple[int, int, ImageSpan | None]]:
+    """Tokens ``start:end`` as drawn: ``(t, t + 1, None)`` per token, ``(s, e, span)`` per image.
+
+    An image span cut by ``start``/``end`` keeps the part inside (spans never cross turns, as
+    the engine appends an image with the message that holds it).
+    """
+    by_start = {s.start: s for s in spans}
+    inside = {t: s for s in spans for t in range(s.start, s.end)}
+    out: list[tuple[int, int, ImageSpan | None]] = []
+    t = start
+    while t < end:
+        span = by_start.get(t) or (inside.get(t) if t == start else None)
+        if span is None:
+            out.append((t, t + 1, None))
+            t += 1
+        else:
+            stop = min(span.end, end)
+            out.append((t, stop, span))
+            t = stop
+    return out
+
+
+def span_at(spans: list[ImageSpan], t: int) -> ImageSpan | None:
+    """The image span holding token ``t``, or None."""
+    return next((s for s in spans if s.start <= t < s.end), None)
 
 
 def colour_scale(name: str, table: TokenTable) -> ColourScale:
@@ -184,6 +268,15 @@ def token_details(table: TokenTable, t: int, text: str) -> list[tuple[str, str]]
             ("text", repr(text)), ("source", traj.source[t]), ("turn", str(traj.turn[t]))]
     rows += [(FIELD_LABELS[name], fmt(table.values(name)[t])) for name in FIELDS]
     return rows
+
+
+def image_details(span: ImageSpan) -> list[tuple[str, str]]:
+    """(label, value) pairs describing an image span (shown instead of one token's numbers)."""
+    grid = "x".join(str(v) for v in span.grid_thw) if span.grid_thw else "not recorded"
+    where = str(span.file) if span.file is not None else span.path
+    return [("image", str(span.number)), ("tokens", f"{span.start}..{span.end - 1} ({span.num_tokens}, source image, "
+                                                    "loss mask 0)"),
+            ("patch grid (t x h x w)", grid), ("file", where + span.missing_note())]
 
 
 def _diff(traj: Trajectory, t: int) -> float | None:

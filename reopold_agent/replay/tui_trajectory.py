@@ -1,7 +1,9 @@
 """The trajectory view of ``reopold-agent replay``: turns, coloured tokens, numbers, re-runs.
 
 Left, top: the conversation of the current turn (student text, its tool calls, the tool
-outputs, images). Left, bottom: the turn's tokens coloured by the chosen field, with a cursor.
+outputs, images). Left, bottom: the turn's tokens coloured by the chosen field, with a cursor;
+each image's placeholder tokens are one marker (``[image 1: 4 tokens, grid 1x4x4, images/...]``)
+that the cursor steps over as a whole.
 Right: the REOPOLD phase of the step, the legend, every number of the token under the cursor,
 the per-turn teacher-student KL, and the result of re-running the turn's tool calls.
 """
@@ -18,7 +20,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from .session import OpenedTrajectory, ReplaySession
-from .token_view import FIELD_LABELS, FIELDS, colour_scale, fmt, text_colour, token_details
+from .token_view import (FIELD_LABELS, FIELDS, ImageSpan, colour_scale, display_units, fmt, image_details,
+                         span_at, text_colour, token_details)
 from .turns import ImageView, TurnView, message_text
 
 THUMB_COLUMNS = 32
@@ -94,9 +97,11 @@ class TrajectoryScreen(Screen):
         self._goto_turn(self.turn_index + delta)
 
     def action_move(self, delta: int) -> None:
-        start, end = self.span()
-        if end > start:
-            self.cursor = max(start, min(end - 1, self.cursor + delta))
+        """Move by ``delta`` drawn units (a token, or a whole image span)."""
+        starts = [u[0] for u in display_units(self.opened.images, *self.span())]
+        if starts:
+            here = max(i for i, t in enumerate(starts) if t <= max(self.cursor, starts[0]))
+            self.cursor = starts[max(0, min(len(starts) - 1, here + delta))]
         self.refresh_tokens()
 
     def action_cycle_field(self) -> None:
@@ -135,8 +140,11 @@ class TrajectoryScreen(Screen):
             tokens_text(o, self.texts, self.field, start, end, self.cursor))
         self.query_one("#legend", Static).update(legend_text(o, self.field))
         info = Text()
+        image = span_at(o.images, self.cursor)
         if end > start:
-            for label, value in token_details(o.table, self.cursor, self.texts[self.cursor]):
+            rows = image_details(image) if image is not None else \
+                token_details(o.table, self.cursor, self.texts[self.cursor])
+            for label, value in rows:
                 info.append(f"{label:>24}: ", style="bold")
                 info.append(value + "\n")
         else:
@@ -151,25 +159,37 @@ class TrajectoryScreen(Screen):
         scroll = self.query_one("#tok-scroll", VerticalScroll)
         width = max(10, scroll.scrollable_content_region.width)
         line = col = 0
-        for t in range(start, self.cursor):
-            for ch in shown_token(self.texts[t]):
+        for t, _, image in display_units(self.opened.images, start, self.cursor):
+            for ch in (image.marker() if image is not None else shown_token(self.texts[t])):
                 line, col = (line + 1, 0) if ch == "\n" or col + 1 >= width else (line, col + 1)
         scroll.scroll_to(y=max(0, line - scroll.size.height // 2), animate=False)
 
 
 def tokens_text(o: OpenedTrajectory, texts: list[str], field: str, start: int, end: int,
                 cursor: int) -> Text:
-    """Tokens ``start:end`` coloured by ``field``; the cursor token is underlined, reversed."""
+    """Tokens ``start:end`` coloured by ``field``; the cursor token is underlined, reversed.
+
+    Each image span is one marker instead of its placeholder tokens (see :class:`ImageSpan`).
+    """
     scale = colour_scale(field, o.table)
     values, mask = o.table.values(field), o.traj.loss_mask
     out = Text()
-    for t in range(start, end):
+    for t, stop, image in display_units(o.images, start, end):
+        if image is not None:
+            out.append(image_marker_text(image, under_cursor=t <= cursor < stop))
+            continue
         colour = scale.colour(values[t]) if mask[t] == 1 or field == "loss_mask" else None
         style = f"{text_colour(colour)} on {colour}" if colour else ("" if mask[t] else "dim")
         if t == cursor:
             style += " reverse underline bold"
         out.append(shown_token(texts[t]), style=style.strip())
     return out
+
+
+def image_marker_text(image: ImageSpan, *, under_cursor: bool = False) -> Text:
+    """The marker drawn for an image span (red when its file is missing)."""
+    style = "bold magenta" if image.exists else "bold red"
+    return Text(image.marker(), style=style + (" reverse underline" if under_cursor else ""))
 
 
 def shown_token(text: str) -> str:

@@ -30,7 +30,7 @@ class ImageView:
     def describe(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "size unknown"
         where = str(self.path) if self.path is not None else "not stored"
-        exists = "" if self.path is None or self.path.exists() else " (missing)"
+        exists = "" if self.path is None or self.path.exists() else " (file missing)"
         return f"[image {size}: {where}{exists}]"
 
 

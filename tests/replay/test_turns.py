@@ -40,4 +40,4 @@ def test_terminal_thumbnail_of_a_stored_image(synthetic_run):
     assert text.plain.startswith("[image 8x6: ") and text.plain.count("\u2580") >= THUMB_COLUMNS
     assert any("#c81e1e" in str(span.style) for span in text.spans)  # the image's red
     missing = image_text(type(image)(synthetic_run / "nope.png", (4, 4)))
-    assert missing.plain == f"[image 4x4: {synthetic_run / 'nope.png'} (missing)]\n"
+    assert missing.plain == f"[image 4x4: {synthetic_run / 'nope.png'} (file missing)]\n"
