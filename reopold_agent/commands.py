@@ -35,14 +35,31 @@ def load_tokenizer(path: str) -> Any:
         raise UsageError(f"cannot load tokenizer from {path!r}: {_first_line(exc)}") from None
 
 
-def load_causal_lm(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: bool = False) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with a one-line error naming the role and path."""
-    from transformers import AutoModelForCausalLM
+def load_model(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: bool = False) -> Any:
+    """A text or vision-language model (by its config), with a one-line error naming role and path."""
+    from .vision.loading import ModelLoadError
+    from .vision.loading import load_model as load
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load {role} model {path!r}: {_first_line(exc)}") from None
+        return load(path, dtype=dtype, role=role, trust_remote_code=trust_remote_code)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_vision(model: Any, path: str, config: TrainConfig) -> Any:
+    """The :class:`~reopold_agent.vision.VisionProcessor` of a vision-language student, else None."""
+    from .vision import VisionProcessor
+    from .vision.loading import ModelLoadError, is_vision_language, load_processor
+
+    if not is_vision_language(model.config):
+        return None
+    try:
+        processor = load_processor(path)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    return VisionProcessor.for_model(model.config, processor.image_processor,
+                                     min_pixels=config.rollout.image_min_pixels,
+                                     max_pixels=config.rollout.image_max_pixels)
 
 
 def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: bool = True) -> tuple[str, str | None]:
@@ -121,24 +138,32 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     param_dtype, low_dtype, mixed = model_dtypes(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     tokenizer = load_tokenizer(student_path)
-    student = load_causal_lm(student_path, dtype=param_dtype, role="student",
-                             trust_remote_code=config.model.trust_remote_code)
+    student = load_model(student_path, dtype=param_dtype, role="student",
+                         trust_remote_code=config.model.trust_remote_code)
+    vision = load_vision(student, student_path, config)
     if config.model.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     teacher = None
     if need_teacher:
-        teacher_model = load_causal_lm(teacher_path, dtype=low_dtype, role="teacher",
-                                       trust_remote_code=config.model.trust_remote_code)
+        teacher_model = load_model(teacher_path, dtype=low_dtype, role="teacher",
+                                   trust_remote_code=config.model.trust_remote_code)
         teacher_tok = load_tokenizer(teacher_path)
         check_vocabularies(tokenizer, teacher_tok, teacher_model, student)
+        if vision is not None:
+            try:
+                vision.check_compatible(teacher_model.config, "teacher")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         teacher = TeacherScorer(teacher_model.to(accelerator.device), pad_token_id=tokenizer.pad_token_id,
-                                batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows)
+                                batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
+                                vision=vision)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     warm = config.train.warmup_steps * config.train.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     student, optimizer = accelerator.prepare(student, optimizer)
-    backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id)
-    engine = RolloutEngine(backend, tokenizer, config.rollout)
+    backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id,
+                                  vision=vision)
+    engine = RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
@@ -148,8 +173,9 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         logger.save_config(to_dict(resolved))
     teacher_engine = None
     if teacher is not None and config.eval.teacher:
-        teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id),
-                                       tokenizer, config.rollout)
+        teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id,
+                                                           vision=vision),
+                                       tokenizer, config.rollout, vision=vision)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
                          make_train_env, make_eval_env, logger, accelerator, teacher_engine)
     with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
@@ -170,9 +196,11 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     tokenizer = load_tokenizer(student_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, low, _ = model_dtypes(config)
-    model = load_causal_lm(student_path, dtype=low, role="student").to(device)
+    model = load_model(student_path, dtype=low, role="student").to(device)
+    vision = load_vision(model, student_path, config)
     sandbox = build_sandbox(config)
-    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id), tokenizer, config.rollout)
+    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision),
+                           tokenizer, config.rollout, vision=vision)
     metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
                           samples=config.eval.samples, greedy=config.eval.greedy,
                           batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)
@@ -187,14 +215,15 @@ def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir:
 
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
     tokenizer = load_tokenizer(student_path)
-    model = load_causal_lm(student_path, dtype=torch.float32, role="student")
+    model = load_model(student_path, dtype=torch.float32, role="student")
+    vision = load_vision(model, student_path, config)
     if data is not None:
         conversations = _conversations_from_file(data)
     else:
         conversations = gold_conversations(config.task.name, count=2000, seed=config.train.seed)
-    examples = [tokenize_conversation(tokenizer, c) for c in conversations]
+    examples = [tokenize_conversation(tokenizer, c, vision=vision) for c in conversations]
     sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10))
-    loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id,
+    loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id, vision=vision,
                             on_step=lambda s, l: _log(f"sft step {s + 1}/{steps} loss {l:.4f}") if (s + 1) % 50 == 0 else None)
     out = Path(config.output_dir)
     model.save_pretrained(out)

@@ -22,3 +22,32 @@ def tokenizer():
 
 def model(spec: str = "nano", seed: int = 0):
     return build_causal_lm(tokenizer(), spec, seed=seed)
+
+
+VL_PIXELS = 56 * 56
+"""Tiny VL tests resize every image to 56x56: a 4x4 patch grid, 4 image tokens."""
+
+
+def vl_model(seed: int = 0, spec: str = "nano"):
+    """A tiny random Qwen2.5-VL model on the shared tokenizer."""
+    from reopold_agent.vision.tiny import build_tiny_vl
+
+    return build_tiny_vl(tokenizer(), spec, seed=seed)
+
+
+def vl_vision(model, min_pixels: int = VL_PIXELS, max_pixels: int = VL_PIXELS):
+    """The VisionProcessor of a tiny VL model (the real Qwen2-VL image processor)."""
+    from reopold_agent.vision import VisionProcessor
+    from reopold_agent.vision.tiny import build_tiny_processor
+
+    processor = build_tiny_processor(tokenizer(), min_pixels=min_pixels, max_pixels=max_pixels)
+    return VisionProcessor.for_model(model.config, processor.image_processor, min_pixels=min_pixels,
+                                     max_pixels=max_pixels)
+
+
+def vl_checkpoint(path, seed: int = 0, spec: str = "nano"):
+    """Save a tiny VL model with its processor to ``path`` (loadable with from_pretrained)."""
+    from reopold_agent.vision.tiny import build_tiny_processor, save_tiny_vl
+
+    processor = build_tiny_processor(tokenizer(), min_pixels=VL_PIXELS, max_pixels=VL_PIXELS)
+    return save_tiny_vl(vl_model(seed, spec), processor, path)

@@ -26,6 +26,9 @@ class SamplingParams:
     """Keep only the k most likely tokens (0 = off)."""
     stop_token_ids: tuple[int, ...] = ()
     """A row stops right after sampling one of these (kept in its output)."""
+    suppress_token_ids: tuple[int, ...] = ()
+    """Never sampled (e.g. the image placeholder, which only images may bring into a sequence).
+    Behaviour log-probs stay those of the raw logits, which the update also uses."""
 
 
 @dataclass(frozen=True)

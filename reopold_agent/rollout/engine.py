@@ -142,7 +142,8 @@ class RolloutEngine:
             end_id = tokenizer.convert_tokens_to_ids("</tool_call>")
             if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
                 stop.add(end_id)
-        self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)))
+        suppress = (vision.image_token_id,) if vision is not None else ()
+        self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)), suppress)
         self.timings: dict[str, float] = {}
         """Seconds spent in the last :meth:`run`: generate_s (model), env_s (waiting for tool
         steps with no episode ready to generate), template_s (chat templating and bookkeeping)."""
@@ -228,6 +229,9 @@ class RolloutEngine:
         gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds,
                                      extra_inputs=extra if any(extra) else None)
         for ep, gen, budget in zip(active, gens, budgets):
+            if self.vision is not None and self.vision.image_token_id in gen.token_ids:
+                raise ValueError("the generation backend sampled the image placeholder token; it must honour "
+                                 "SamplingParams.suppress_token_ids (image tokens come only with image features)")
             ep.turn_index += 1
             ep.append(gen.token_ids, TokenSource.MODEL.value, list(gen.logprobs), list(gen.entropy))
             text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=False)

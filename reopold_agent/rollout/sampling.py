@@ -122,6 +122,9 @@ def sample(logits_BV: torch.Tensor, params: SamplingParams, keys_B: torch.Tensor
     Returns:
         ids_B: int64.
     """
+    if params.suppress_token_ids:
+        logits_BV = logits_BV.index_fill(-1, torch.tensor(params.suppress_token_ids, device=logits_BV.device),
+                                          float("-inf"))
     if params.temperature <= 0:
         return logits_BV.argmax(-1)
     return (warp(logits_BV, params) + gumbel_noise(keys_B, step, logits_BV.shape[-1])).argmax(-1)

@@ -139,6 +139,9 @@ class VisionProcessor:
         """Resize ``image`` (a PIL image or a file path) with ``qwen_vl_utils`` and compute its patches."""
         from qwen_vl_utils import fetch_image
 
+        if image is None:
+            raise ValueError("an image part carries no image data (saved trajectories' display messages hold only "
+                             "the image size; use the images stored in the run directory)")
         if not isinstance(image, Image.Image):
             with Image.open(image) as opened:
                 image = opened.convert("RGB")

@@ -109,3 +109,12 @@ def test_a_row_samples_the_same_id_whatever_its_neighbours():
 def test_greedy_and_top_k_one_and_tiny_top_p_agree(params):
     logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])
     assert sample(logits, params, row_keys([0, 1]), 0).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_suppressed_tokens_are_never_sampled_even_when_most_likely(temperature):
+    logits = torch.zeros((512, 6))
+    logits[:, 3] = 8.0  # token 3 dominates, but may not be sampled
+    params = SamplingParams(temperature=temperature, suppress_token_ids=(3,))
+    ids = sample(logits, params, row_keys(list(range(512)), "cpu"), step=0)
+    assert not (ids == 3).any() and len(set(ids.tolist())) > (1 if temperature else 0)
