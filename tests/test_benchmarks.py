@@ -1,0 +1,45 @@
+"""Benchmark scripts that must stay runnable: the GPU VL step check in its CPU smoke mode."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_vl_reopold_step_runs_in_tiny_cpu_mode(capsys):
+    bench = _load("gpu_vl_reopold_step")
+    result = bench.main(["--device", "cpu", "--tiny"])
+    out = capsys.readouterr().out
+    for line in ("rollout ", "teacher ", "update ", "step ", "peak process RSS", "image tokens"):
+        assert line in out
+    assert result["episodes"] == 4
+    # every episode: the prompt's image and the zoomed crop, each resized to 56x56 = 4 image tokens
+    assert result["images_per_episode"] == 2 and result["image_tokens_per_episode"] == 8
+    # scripted zoom call + at most 16 sampled tokens per episode, all of them scored and trained on
+    assert 4 * 16 < result["model_tokens"] == result["objective/num_valid"] < result["all_tokens"]
+    # the update recomputes exactly the behaviour log-probs of rollout (scripted turn included)
+    assert result["objective/rho_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert all(math.isfinite(result[k]) and result[k] > 0 for k in ("rollout_s", "teacher_s", "update_s"))
+    assert math.isfinite(result["objective/loss"])
+
+
+def test_gpu_vl_reopold_step_shapes_and_refusals():
+    bench = _load("gpu_vl_reopold_step")
+    spec, vocab = bench.SHAPES["3b"]
+    assert (spec.hidden_size, spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.intermediate_size, vocab) == \
+        (2048, 36, 16, 2, 11008, 151936)
+    assert (spec.vision_depth, spec.vision_hidden_size, spec.window_size, spec.fullatt_block_indexes) == \
+        (32, 1280, 112, (7, 15, 23, 31))
+    assert spec.mrope_section == (16, 24, 24)
+    with pytest.raises(SystemExit, match="only the --tiny"):
+        bench.main(["--device", "cpu"])
