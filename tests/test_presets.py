@@ -20,3 +20,34 @@ def test_default_preset_is_the_embedded_tool_math_run():
     config = resolve_config(build_parser().parse_args(["train", "--task", "tool_math"]))
     assert config.model.student is None and config.model.teacher is None
     assert config.objective.name == "reopold" and config.eval.num_problems >= 500
+
+
+def test_visual_qa_vl_preset_fits_its_images():
+    """Qwen2.5-VL-3B from 7B on visual_qa scenes: a scene keeps its full resolution, and the
+    episode budget holds the most images an episode can show with room for the turns."""
+    from transformers import Qwen2VLImageProcessor
+
+    from reopold_agent.envs.visual_qa import VisualQAEnv
+    from reopold_agent.vision import VisionProcessor
+    from reopold_agent.vision.processing import message_images
+
+    config = resolve_config(build_parser().parse_args(["train", "--task", "visual_qa_qwen2.5-vl-3b_from_7b"]))
+    assert config.model.student == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert config.model.teacher == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert config.model.dtype == "bfloat16" and config.model.gradient_checkpointing
+    assert (config.objective.name, config.objective.reopold.lam, config.objective.reopold.beta) == ("reopold", 0.3, 0.2)
+    assert config.objective.switch_step(config.train.steps) == 99
+    r = config.rollout
+    env = VisualQAEnv(split="eval", **config.task.env_kwargs)
+    assert env.level == "scenes" and env.num_items() >= config.eval.num_problems
+    assert r.max_images_per_episode == 1 + config.task.env_kwargs["max_tool_rounds"]
+    messages, _ = env.reset(seed=0, options={"index": 0})
+    (image,) = message_images(messages)
+    processor = Qwen2VLImageProcessor(min_pixels=r.image_min_pixels, max_pixels=r.image_max_pixels, patch_size=14,
+                                      temporal_patch_size=2, merge_size=2)
+    vision = VisionProcessor(processor, image_token_id=151655, patch_size=14, spatial_merge_size=2,
+                             min_pixels=r.image_min_pixels, max_pixels=r.image_max_pixels)
+    features = vision.encode(image)
+    assert image.size == features.image.size == (448, 448) and features.num_tokens == 256
+    # every image at its largest and 512 tokens per assistant turn still fit the episode budget
+    assert r.max_images_per_episode * features.num_tokens + r.max_turns * 512 <= r.max_episode_tokens
