@@ -209,10 +209,14 @@ class RolloutEngine:
         return ep
 
     def _encode_images(self, images: list[Any]) -> list[ImageFeatures]:
-        if images and self.vision is None:
+        if images:
+            self._require_vision()
+        return [self.vision.encode(image) for image in images]
+
+    def _require_vision(self) -> None:
+        if self.vision is None:
             raise ValueError("the environment shows images but the student is a text-only model; "
                              "use a vision-language student (e.g. Qwen2.5-VL) for this task")
-        return [self.vision.encode(image) for image in images]
 
     def _expand(self, ids: list[int], images: list[ImageFeatures]) -> tuple[list[int], list[bool] | None]:
         if self.vision is None:
@@ -263,8 +267,7 @@ class RolloutEngine:
                 ep.finish(EndReason.TURN_LIMIT)
 
     def _append_tool_turn(self, ep: _Episode, observation: list[dict]) -> None:
-        observation = self._limit_images(ep, observation)
-        images = self._encode_images(message_images(observation))
+        observation, images = self._tool_images(ep, observation)
         ids, is_image = self._expand(self.templater.tool_turn_ids(ep.last_text, observation), images)
         if len(ep.token_ids) + len(ids) >= self.config.max_episode_tokens:
             ep.finish(EndReason.EPISODE_TOKEN_BUDGET)  # never append a tool output (or image) cut in half
@@ -272,29 +275,37 @@ class RolloutEngine:
         ep.append(ids, TokenSource.TOOL.value, is_image=is_image, images=images)
         ep.messages.extend(_display_message(m) for m in observation)
 
-    def _limit_images(self, ep: _Episode, observation: list[dict]) -> list[dict]:
-        """Replace images beyond ``max_images_per_episode`` with a note the student can read."""
-        room = self.config.max_images_per_episode - len(ep.images)
-        if len(message_images(observation)) <= room:
-            return observation
-        out = []
+    def _tool_images(self, ep: _Episode, observation: list[dict]) -> tuple[list[dict], list[ImageFeatures]]:
+        """Encode a tool turn's images; an image past ``max_images_per_episode`` or one the
+        processor cannot take (e.g. a 1-pixel-wide crop) becomes a text note the student reads."""
+        if not message_images(observation):
+            return observation, []
+        self._require_vision()
+        out, features = [], []
         for message in observation:
             content = message.get("content")
             if isinstance(content, list):
                 parts = []
                 for part in content:
                     if is_image_part(part):
-                        if room > 0:
-                            room -= 1
-                        else:
-                            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
-                            part = {"type": "text", "text": (
-                                f"[image not shown: this episode already holds {len(ep.images)} images, "
-                                f"the limit of rollout.max_images_per_episode]")}
+                        part, feature = self._tool_image(ep, part, len(features))
+                        features += [feature] if feature is not None else []
                     parts.append(part)
                 message = {**message, "content": parts}
             out.append(message)
-        return out
+        return out, features
+
+    def _tool_image(self, ep: _Episode, part: dict, earlier: int) -> tuple[dict, ImageFeatures | None]:
+        held = len(ep.images) + earlier
+        if held >= self.config.max_images_per_episode:
+            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
+            return _note(f"image not shown: this episode already holds {held} images, the limit of "
+                         "rollout.max_images_per_episode"), None
+        try:
+            return part, self.vision.encode(part.get("image", part.get("image_url")))
+        except (ValueError, OSError) as exc:
+            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
+            return _note(f"image not shown: {exc}"), None
 
     def _to_trajectory(self, ep: _Episode, *, step: int, task: str) -> Trajectory:
         return Trajectory(
@@ -333,6 +344,10 @@ def episode_seed(run_seed: int, index: int, turn: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
         h ^= h >> 31
     return h
+
+
+def _note(text: str) -> dict:
+    return {"type": "text", "text": f"[{text}]"}
 
 
 def _eos_ids(tokenizer: Any) -> list[int]:

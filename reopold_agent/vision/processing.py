@@ -138,6 +138,7 @@ class VisionProcessor:
     def encode(self, image: Image.Image | str) -> ImageFeatures:
         """Resize ``image`` (a PIL image or a file path) with ``qwen_vl_utils`` and compute its patches."""
         from qwen_vl_utils import fetch_image
+        from qwen_vl_utils.vision_process import smart_resize
 
         if image is None:
             raise ValueError("an image part carries no image data (saved trajectories' display messages hold only "
@@ -149,6 +150,13 @@ class VisionProcessor:
         # qwen_vl_utils rounds sides to image_patch_size * 2 (its fixed merge size); ask for the
         # multiple this model needs, patch_size * spatial_merge_size.
         factor = self.patch_size * self.spatial_merge_size
+        try:
+            height, width = smart_resize(image.height, image.width, factor, self.min_pixels, self.max_pixels)
+        except ValueError:  # qwen_vl_utils refuses aspect ratios above 200
+            height = width = 0
+        if min(height, width) < factor:
+            raise ValueError(f"a {image.width}x{image.height} image is too thin to resize into {factor}-pixel "
+                             f"patches within {self.max_pixels} pixels")
         resized = fetch_image({"image": image.convert("RGB"), "min_pixels": self.min_pixels,
                                "max_pixels": self.max_pixels}, image_patch_size=factor / 2)
         return self.encode_resized(resized)

@@ -239,3 +239,20 @@ def test_sft_tokenizes_image_conversations_with_masked_image_tokens(vision):
     assert all(m == 0 for t, m in zip(example.input_ids, example.assistant_mask) if t == image_id)
     with pytest.raises(ValueError, match="vision-language student"):
         tokenize_conversation(tiny.tokenizer(), conversation)
+
+
+def test_a_tool_image_the_processor_cannot_take_becomes_a_note_not_a_crash(vision):
+    """A zoom into a 1-pixel-wide strip gives a 1x448 crop: no patch grid fits it."""
+
+    class ThinZoom(ZoomFirst):
+        def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None):
+            gens = super().generate(prompts, max_new_tokens, params, seeds=seeds, extra_inputs=extra_inputs)
+            thin = self.tok(render_tool_call("zoom", {"bbox": [10, 0, 11, 448], "scale": 1}),
+                            add_special_tokens=False)["input_ids"]
+            return [Generation(thin, [-0.5] * len(thin), [1.0] * len(thin), "stop") if "zoom" in self.tok.decode(g.token_ids)
+                    else g for g in gens]
+
+    traj = _play(ThinZoom(tiny.tokenizer()), vision, count=1)[0]
+    assert traj.end_reason == "answered" and len(traj.images) == 1 and traj.info["images_dropped"] == 1
+    assert "image not shown: a 1x448 image is too thin to resize" in tiny.tokenizer().decode(traj.token_ids)
+    _check_pairing(traj)
