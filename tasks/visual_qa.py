@@ -14,8 +14,9 @@ relative to the file) can replace the generated items.
 Two levels of generated items exist: ``"scenes"`` (the above, the default) and ``"dots"``, an
 easy level for tiny vision-language models that see images downscaled to about 56x56 pixels. A
 dots image is a 4x4 grid of 112-pixel cells with faint grid lines, each cell holding one small
-dot (radius 5-7 px) of one of the five colours; the question names a cell by its pixel box and
-asks the dot's colour. Zooming into that cell (4x) shows the dot large; every block of 80
+dot (radius 11-14 px) of one of the five colours; the question names a cell by its pixel box and
+asks the dot's colour. At 56x56 the whole image leaves each dot 1-2 pixels wide among fifteen
+others; zooming into the cell (4x) shows it 11-14 pixels wide. Every block of 80
 consecutive indices asks each (cell, colour) pair exactly once, so the cell named gives no hint
 of the colour.
 """
@@ -46,7 +47,7 @@ KINDS = ("circle", "square", "triangle")
 LEVELS = ("scenes", "dots")
 DOT_CELL = 112
 DOT_GRID = SIZE // DOT_CELL
-DOT_RADII = (5, 7)
+DOT_RADII = (11, 14)
 DOT_MAX_OFFSET = 18
 """Largest shift of a dot's centre from its cell's centre, per axis (at most ~25 px overall)."""
 GRID_LINE = (226, 225, 218)
@@ -281,3 +282,23 @@ def gold_turns(item: dict[str, Any]) -> list[dict[str, Any]]:
             {"role": "tool", "name": "zoom",
              "content": [{"type": "image", "image": zoomed}, {"type": "text", "text": note}]},
             final]
+
+
+def alignment_conversation(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A one-turn image-to-answer conversation for the vision-alignment stage of a tiny model.
+
+    The zoomed answer region (exactly what the gold zoom call returns) and a short question,
+    answered with the bare answer. Vision-language models are first aligned on such
+    caption-like pairs before they learn multi-turn tool use; a tiny model trained only on the
+    full tool conversations, where the answer is one token in forty, does not learn to read the
+    image at all (measured: chance accuracy after 800 steps).
+
+    Raises:
+        ValueError: the item has no ``bbox`` to zoom into.
+    """
+    if not item.get("bbox"):
+        raise ValueError("an alignment conversation needs an item with a bbox")
+    zoomed, _ = zoom(open_image(item), item["bbox"])
+    question = "What color is the dot?" if item.get("qtype") == "dots" else "What is the answer?"
+    return [{"role": "user", "content": [{"type": "image", "image": zoomed}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": item["answer"]}]

@@ -171,7 +171,7 @@ def test_dots_item_matches_its_image():
         assert item["question"] == f"What color is the dot inside [{x0}, {y0}, {x1}, {y1}]?"
         assert item["qtype"] == "dots" and x1 - x0 == y1 - y0 == 112 and x0 % 112 == y0 % 112 == 0
         dots = item["scene"]["dots"]
-        assert len(dots) == 16 and all(5 <= d["r"] <= 7 for d in dots)
+        assert len(dots) == 16 and all(visual_qa.DOT_RADII[0] <= d["r"] <= visual_qa.DOT_RADII[1] for d in dots)
         inside = [d for d in dots if x0 <= d["x"] < x1 and y0 <= d["y"] < y1]
         assert len(inside) == 1 and inside[0]["color"] == item["answer"]
         assert math.dist((inside[0]["x"], inside[0]["y"]), (x0 + 56, y0 + 56)) <= 26
@@ -189,7 +189,7 @@ def test_dots_gold_zooms_into_the_asked_cell_and_shows_the_dot():
         assert zoomed.size == (448, 448) and "at 4.00x" in note
         colour, share, count = dominant_colour(zoomed)
         assert colour == item["answer"] and share > 0.9
-        assert count > 0.8 * math.pi * (4 * 5) ** 2  # a dot of radius >= 20 px after the zoom
+        assert count > 0.8 * math.pi * (4 * visual_qa.DOT_RADII[0]) ** 2  # the dot, 4x larger after the zoom
         assert final == {"role": "assistant", "content": f"\\boxed{{{item['answer']}}}"}
 
 
