@@ -42,8 +42,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
-                    scheduler: Any, extra: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and point ``LATEST`` at it; keep the newest ``keep``."""
+                    scheduler: Any, extra: dict[str, Any], keep: int = 2, image_processor: Any = None) -> Path:
+    """Write checkpoint ``step`` atomically and point ``LATEST`` at it; keep the newest ``keep``.
+
+    ``image_processor`` (vision-language students) is saved beside the tokenizer, so the
+    checkpoint loads with its processor like any Hugging Face VL folder.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -51,6 +55,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: Any, tokenizer: An
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if image_processor is not None:
+        image_processor.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     torch.save({"step": step, "rng": rng_state(), **extra}, tmp / "state.pt")
     (tmp / COMPLETE).write_text(str(step))

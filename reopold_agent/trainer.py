@@ -162,7 +162,8 @@ class Trainer:
         if acc.is_main_process:
             save_checkpoint(parts.logger.run_dir, step, model=acc.unwrap_model(parts.student),
                             tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
-                            extra={}, keep=self.config.train.keep_checkpoints)
+                            extra={}, keep=self.config.train.keep_checkpoints,
+                            image_processor=getattr(parts.engine.vision, "image_processor", None))
         acc.wait_for_everyone()
 
     def _resume(self) -> int:

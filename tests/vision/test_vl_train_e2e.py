@@ -56,6 +56,12 @@ def test_two_step_vl_run_trains_stores_images_once_and_scores_with_the_same_pixe
         attn = torch.ones_like(ids)
         ref, _ = sequence_logprobs(teacher, ids, attn, extra_inputs=vision.forward_inputs([traj.pixel_inputs], ids, attn))
         torch.testing.assert_close(torch.tensor(traj.teacher_logprobs[1:]), ref[0, 1:], atol=1e-5, rtol=0)
+    # the checkpoint is a complete VL folder: it evaluates through the same loading code
+    checkpoint = out / "checkpoints" / "step_000002"
+    assert load_processor(checkpoint).image_processor.merge_size == 2
+    assert main(["eval", "--task", "visual_qa", "--student", str(checkpoint), "--set", "task.env_kwargs.level=dots",
+                 "--set", f"rollout.image_min_pixels={tiny.VL_PIXELS}", "--set", f"rollout.image_max_pixels={tiny.VL_PIXELS}",
+                 "--set", "rollout.max_turn_tokens=32", "--set", "eval.num_problems=2", "--set", "eval.samples=1"]) == 0
 
 
 def test_a_text_teacher_for_a_vl_student_is_refused_in_one_line(vl_models, tmp_path, capsys):
