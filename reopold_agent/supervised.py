@@ -35,10 +35,15 @@ class SupervisedConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
+    stop_after: int | None = None
+    """Stop after this many steps of the schedule planned for ``steps`` (a model caught part-way
+    through its training, e.g. an embedded student); None runs all ``steps``."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("supervised steps and batch_size must be >= 1 and lr > 0")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise ValueError(f"stop_after must be between 1 and steps={self.steps}, got {self.stop_after}")
 
 
 @dataclass
@@ -102,7 +107,7 @@ def supervised_train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, config))
     model.train()
     recent: list[float] = []
-    for step in range(config.steps):
+    for step in range(config.stop_after or config.steps):
         batch = [examples[rng.randrange(len(examples))] for _ in range(config.batch_size)]
         ids, attn, mask = _pad(batch, pad_token_id)
         ids, attn = ids.to(device), attn.to(device)
