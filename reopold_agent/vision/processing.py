@@ -16,6 +16,7 @@ recomputes the exact forward pass.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,10 +97,12 @@ class VisionProcessor:
         spatial_merge_size: patches merged per side into one language-model token.
         min_pixels: images smaller than this are enlarged (keeping the aspect ratio).
         max_pixels: images larger than this are shrunk; bounds the tokens one image takes.
+        cache_bytes: pixel values of recently encoded images kept for reuse (the G rollouts of
+            a prompt share its image, and often their tool crops); 0 turns the cache off.
     """
 
     def __init__(self, image_processor: Any, *, image_token_id: int, patch_size: int, spatial_merge_size: int,
-                 min_pixels: int, max_pixels: int) -> None:
+                 min_pixels: int, max_pixels: int, cache_bytes: int = 256 << 20) -> None:
         factor = patch_size * spatial_merge_size
         if min_pixels < factor * factor or max_pixels < min_pixels:
             raise ValueError(f"image pixel limits need {factor * factor} <= min_pixels <= max_pixels "
@@ -110,6 +113,9 @@ class VisionProcessor:
         self.spatial_merge_size = spatial_merge_size
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[bytes, ImageFeatures] = OrderedDict()
+        self._cached_bytes = 0
 
     @classmethod
     def for_model(cls, model_config: Any, image_processor: Any, *, min_pixels: int, max_pixels: int
@@ -136,16 +142,31 @@ class VisionProcessor:
                              f"student's {mine}; both must read the same pixel inputs")
 
     def encode(self, image: Image.Image | str) -> ImageFeatures:
-        """Resize ``image`` (a PIL image or a file path) with ``qwen_vl_utils`` and compute its patches."""
-        from qwen_vl_utils import fetch_image
-        from qwen_vl_utils.vision_process import smart_resize
+        """Resize ``image`` (a PIL image or a file path) with ``qwen_vl_utils`` and compute its patches.
 
+        Equal images (same mode, size and pixels) give the same, cached :class:`ImageFeatures`.
+        """
         if image is None:
             raise ValueError("an image part carries no image data (saved trajectories' display messages hold only "
                              "the image size; use the images stored in the run directory)")
         if not isinstance(image, Image.Image):
             with Image.open(image) as opened:
                 image = opened.convert("RGB")
+        key = hashlib.sha1(f"{image.mode}{image.size}".encode() + image.tobytes()).digest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        features = self._encode_new(image)
+        if self.cache_bytes:
+            self._cache[key] = features
+            self._cached_bytes += features.pixel_values.nbytes
+            while self._cached_bytes > self.cache_bytes:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].pixel_values.nbytes
+        return features
+
+    def _encode_new(self, image: Image.Image) -> ImageFeatures:
+        from qwen_vl_utils import fetch_image
+        from qwen_vl_utils.vision_process import smart_resize
 
         # qwen_vl_utils rounds sides to image_patch_size * 2 (its fixed merge size); ask for the
         # multiple this model needs, patch_size * spatial_merge_size.

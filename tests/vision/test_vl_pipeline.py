@@ -256,3 +256,23 @@ def test_a_tool_image_the_processor_cannot_take_becomes_a_note_not_a_crash(visio
     assert traj.end_reason == "answered" and len(traj.images) == 1 and traj.info["images_dropped"] == 1
     assert "image not shown: a 1x448 image is too thin to resize" in tiny.tokenizer().decode(traj.token_ids)
     _check_pairing(traj)
+
+
+def test_equal_images_are_encoded_once_and_the_cache_stays_within_its_bytes():
+    from PIL import Image
+
+    from reopold_agent.vision import VisionProcessor
+
+    model = tiny.vl_model()
+    base = tiny.vl_vision(model)
+    one_image = base.encode(Image.new("RGB", (90, 90), (200, 10, 10))).pixel_values.nbytes
+    vision = VisionProcessor(base.image_processor, image_token_id=base.image_token_id, patch_size=14,
+                             spatial_merge_size=2, min_pixels=tiny.VL_PIXELS, max_pixels=tiny.VL_PIXELS,
+                             cache_bytes=2 * one_image)
+    red, blue = Image.new("RGB", (90, 90), (200, 10, 10)), Image.new("RGB", (90, 90), (10, 10, 200))
+    first = vision.encode(red)
+    assert vision.encode(Image.new("RGB", (90, 90), (200, 10, 10))) is first  # equal pixels: the cached features
+    assert not torch.equal(vision.encode(blue).pixel_values, first.pixel_values)
+    vision.encode(Image.new("RGB", (90, 90), (10, 200, 10)))  # a third image evicts the oldest
+    assert vision._cached_bytes <= 2 * one_image and vision.encode(red) is not first
+    assert torch.equal(vision.encode(red).pixel_values, first.pixel_values)
