@@ -161,6 +161,14 @@ def build_tokenizer(
     return tokenizer
 
 
+def check_attention_shape(hidden_size: int, num_heads: int, num_kv_heads: int) -> None:
+    """Raise ValueError unless the heads split ``hidden_size`` and the kv heads group the heads."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyLMSpec:
     """Shape of a tiny Qwen-family causal LM (vocabulary size comes from the tokenizer)."""
@@ -185,10 +193,7 @@ class TinyLMSpec:
     def __post_init__(self) -> None:
         if self.family not in ("qwen2", "qwen3"):
             raise ValueError(f"family must be 'qwen2' or 'qwen3', got {self.family!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
+        check_attention_shape(self.hidden_size, self.num_heads, self.num_kv_heads)
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         for name in ("intermediate_size", "num_layers", "max_position_embeddings"):

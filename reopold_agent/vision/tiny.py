@@ -47,6 +47,7 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from reopold_agent import chat_template as ct
+from reopold_agent.tiny_models import check_attention_shape
 
 from .loading import ImageOnlyQwenVLProcessor
 
@@ -101,10 +102,7 @@ class TinyVLSpec:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
+        check_attention_shape(self.hidden_size, self.num_heads, self.num_kv_heads)
         if self.head_dim % 2 or self.head_dim < 8:
             raise ValueError(f"head_dim={self.head_dim} must be even and at least 8 so M-RoPE can split "
                              f"head_dim/2 between temporal, height and width positions")
