@@ -160,9 +160,12 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     warm = config.train.warmup_steps * config.train.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-    student, optimizer = accelerator.prepare(student, optimizer)
-    backend = HFGenerationBackend(accelerator.unwrap_model(student), pad_token_id=tokenizer.pad_token_id,
-                                  vision=vision)
+    # The student is not wrapped (no DistributedDataParallel): the update scores it through its
+    # backbone and head (chunked vocabulary), and the trainer sums gradients across processes
+    # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
+    student = student.to(accelerator.device)
+    optimizer = accelerator.prepare(optimizer)
+    backend = HFGenerationBackend(student, pad_token_id=tokenizer.pad_token_id, vision=vision)
     engine = RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(

@@ -26,6 +26,8 @@ from .run_logging import RunLogger
 from .teacher import TeacherScorer
 from .train_config import TrainConfig
 from .trajectory import Trajectory
+from .trajectory_io import trajectory_from_json, trajectory_to_json
+from .vision.storage import save_trajectory_images
 
 
 @dataclass
@@ -96,30 +98,64 @@ class Trainer:
         batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
                         require_teacher=parts.teacher is not None)
         acc = parts.accelerator
-        stats = policy_update(
-            parts.student, parts.optimizer, parts.scheduler, batch,
-            step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
-            backward=acc.backward,
-            clip_grad=lambda max_norm: acc.clip_grad_norm_(parts.student.parameters(), max_norm),
-            gather=acc.gather if self.world > 1 else (lambda x: x),
-            chunk_rows=cfg.model.vocab_chunk_rows,
-            generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
-            vision=parts.engine.vision,
-        )
+        with acc.autocast():
+            stats = policy_update(
+                parts.student, parts.optimizer, parts.scheduler, batch,
+                step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
+                backward=acc.backward, clip_grad=self._sum_gradients_and_clip,
+                gather=self._gather_values if self.world > 1 else (lambda x: x),
+                chunk_rows=cfg.model.vocab_chunk_rows,
+                generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
+                vision=parts.engine.vision,
+            )
         t3 = time.perf_counter()
         parts.engine.backend.sync_weights(parts.student)
-        metrics = {**stats, **rollout_metrics(trajectories),
+        everyone = self._gather_trajectories(trajectories)
+        metrics = {**stats, **rollout_metrics(everyone),
                    **{f"time/rollout_{k}": v for k, v in parts.engine.timings.items()}}
-        model_tokens = sum(t.num_model_tokens for t in trajectories)
+        model_tokens = sum(t.num_model_tokens for t in everyone)
         metrics.update({
             "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
             "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
         })
         if acc.is_main_process:
-            parts.logger.log_trajectories(f"step_{step:06d}", trajectories)
+            parts.logger.log_trajectories(f"step_{step:06d}", everyone)
             parts.logger.log_metrics(step, metrics)
         self.on_step(step, metrics)
         return metrics
+
+    def _sum_gradients_and_clip(self, max_norm: float) -> torch.Tensor:
+        """Before each optimiser step: sum the gradients of all processes (each process's loss is
+        already divided by the token count of all processes), then clip; returns the norm."""
+        params = [p for p in self.parts.student.parameters() if p.requires_grad]
+        if self.world > 1:
+            for p in params:
+                if p.grad is None:  # e.g. a vision tower on a text-only micro-batch
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+        return self.parts.accelerator.clip_grad_norm_(params, max_norm)
+
+    def _gather_values(self, values: torch.Tensor) -> torch.Tensor:
+        """All processes' values of a 1-D float tensor whose length differs between processes
+        (e.g. the entropies of their valid tokens), concatenated in rank order."""
+        acc = self.parts.accelerator
+        padded = acc.pad_across_processes(values, dim=0, pad_index=float("nan"))
+        gathered = acc.gather(padded)
+        return gathered[~torch.isnan(gathered)]
+
+    def _gather_trajectories(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """All processes' trajectories of this step, in rank order (this process's own when alone).
+
+        Each process first stores its own images in the run directory (content-addressed, so
+        processes never clash); then the trajectories travel as their JSON lines, without pixels.
+        """
+        if self.world == 1:
+            return trajectories
+        from accelerate.utils import gather_object
+
+        save_trajectory_images(self.parts.logger.run_dir, trajectories)
+        lines = gather_object([trajectory_to_json(t) for t in trajectories])
+        return [trajectory_from_json(line) for line in lines]
 
     def _rollout(self, step: int) -> list[Trajectory]:
         cfg = self.config

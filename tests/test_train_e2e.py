@@ -151,3 +151,21 @@ def test_sft_and_eval_commands(tiny_models, tmp_path, capsys):
                  "--set", "rollout.max_turn_tokens=16"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["eval/num_problems"] == 2.0 and "eval/pass@2" in report and "eval/maj@2" in report
+
+
+@pytest.mark.slow
+def test_two_processes_log_every_processes_trajectories_and_metrics(tiny_models, tmp_path):
+    """Two processes (``torchrun``; on CPU ``accelerate launch`` starts one process without
+    MPI): each plays half the prompts; the run directory and the rollout metrics hold all."""
+    out = tmp_path / "run"
+    cli = Path(sys.executable).with_name("reopold-agent")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(cli),
+           *_args(tiny_models, out, steps=1, extra=("--set", "train.prompts_per_step=4", "--set", "eval.teacher=false"))]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    trajs, errors = read_trajectories(out / "trajectories" / "step_000000.jsonl")
+    assert not errors and len(trajs) == 8  # 4 prompts x 2 rollouts, from both processes
+    assert len({t.prompt_id for t in trajs}) == 4
+    step = [m for m in read_metrics(out) if "rollout/episodes" in m][0]
+    assert step["rollout/episodes"] == 8.0
