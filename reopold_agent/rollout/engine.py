@@ -60,17 +60,17 @@ class EpisodeRequest:
 class _Episode:
     """Mutable state of one running episode (internal)."""
 
-    def __init__(self, index: int, env: Any, request: EpisodeRequest, messages: list, info: dict,
-                 prompt_ids: list[int]):
+    def __init__(self, index: int, env: Any, request: EpisodeRequest, messages: list, info: dict):
         self.index = index
         self.env = env
         self.request = request
         self.info = info
         self.messages = [_display_message(m) for m in messages]
-        n = len(prompt_ids)
-        self.token_ids, self.source, self.turn = list(prompt_ids), [TokenSource.PROMPT.value] * n, [0] * n
-        self.logprobs: list[float | None] = [None] * n
-        self.entropy: list[float | None] = [None] * n
+        self.token_ids: list[int] = []
+        self.source: list[str] = []
+        self.turn: list[int] = []
+        self.logprobs: list[float | None] = []
+        self.entropy: list[float | None] = []
         self.turn_index = 0
         self.last_text = ""
         self.done = False
@@ -197,7 +197,7 @@ class RolloutEngine:
 
     def _open(self, index: int, env: Any, request: EpisodeRequest) -> _Episode:
         messages, info = env.reset(seed=request.seed, options=request.options)
-        ep = _Episode(index, env, request, messages, info, [])
+        ep = _Episode(index, env, request, messages, info)
         images = self._encode_images(message_images(messages))
         if len(images) > self.config.max_images_per_episode:
             raise ValueError(f"the prompt of {info.get('prompt_id', 'an episode')} holds {len(images)} images, more "
