@@ -111,11 +111,8 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int, require_teache
     rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
     pixels = None
     if any(t.images for t in trajectories):
-        for b, traj in enumerate(trajectories):
-            have = traj.pixel_inputs.num_images if traj.pixel_inputs is not None else 0
-            if have != len(traj.images):
-                raise ValueError(f"trajectory {b} ({traj.prompt_id}) has {len(traj.images)} images but pixel inputs "
-                                 f"for {have}")
+        for traj in trajectories:
+            traj.check_pixel_inputs()
         pixels = [t.pixel_inputs for t in trajectories]
     return TrainBatch(ids, attn, valid, old, teacher, ent, rewards,
                       group_advantages(trajectories), torch.arange(B), pixels)

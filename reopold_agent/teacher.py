@@ -98,8 +98,5 @@ class TeacherScorer:
                 raise ValueError("trajectories hold images but the teacher is a text-only model")
             return None
         for traj in chunk:
-            have = traj.pixel_inputs.num_images if traj.pixel_inputs is not None else 0
-            if have != len(traj.images):
-                raise ValueError(f"trajectory {traj.prompt_id!r} has {len(traj.images)} images but pixel inputs for "
-                                 f"{have}; reload them with reopold_agent.vision.storage.load_pixel_inputs")
+            traj.check_pixel_inputs()
         return self.vision.forward_inputs([t.pixel_inputs for t in chunk], ids, attn)

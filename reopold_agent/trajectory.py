@@ -150,6 +150,13 @@ class Trajectory:
     def num_model_tokens(self) -> int:
         return sum(self.loss_mask)
 
+    def check_pixel_inputs(self) -> None:
+        """Raise ValueError unless ``pixel_inputs`` holds exactly the trajectory's images."""
+        have = self.pixel_inputs.num_images if self.pixel_inputs is not None else 0
+        if have != len(self.images):
+            raise ValueError(f"trajectory {self.prompt_id!r} has {len(self.images)} images but pixel inputs for "
+                             f"{have}; reload them with reopold_agent.vision.storage.load_pixel_inputs")
+
     def check_masks(self) -> None:
         """Raise ValueError unless loss_mask is 1 exactly on model tokens."""
         for t, (src, m) in enumerate(zip(self.source, self.loss_mask)):

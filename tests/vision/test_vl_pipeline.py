@@ -276,3 +276,12 @@ def test_equal_images_are_encoded_once_and_the_cache_stays_within_its_bytes():
     vision.encode(Image.new("RGB", (90, 90), (10, 200, 10)))  # a third image evicts the oldest
     assert vision._cached_bytes <= 2 * one_image and vision.encode(red) is not first
     assert torch.equal(vision.encode(red).pixel_values, first.pixel_values)
+
+
+def test_a_reloaded_trajectory_without_its_pixels_is_refused_by_teacher_and_collate(tmp_path, vision):
+    traj = _play(ZoomFirst(tiny.tokenizer()), vision, count=1)[0]
+    traj.pixel_inputs = None  # as read back from a JSON line
+    with pytest.raises(ValueError, match="load_pixel_inputs"):
+        TeacherScorer(tiny.vl_model(seed=1), pad_token_id=0, vision=vision).score([traj])
+    with pytest.raises(ValueError, match="2 images but pixel inputs for 0"):
+        collate([traj], pad_token_id=0, require_teacher=False)
