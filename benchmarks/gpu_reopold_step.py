@@ -77,7 +77,7 @@ def main() -> None:
         raise SystemExit("this check needs a CUDA GPU")
     g = torch.Generator().manual_seed(0)
     student = build("0.5b", torch.float32)
-    student.gradient_checkpointing_enable()
+    getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     teacher = build("1.5b", torch.bfloat16)
     backend = HFGenerationBackend(student, pad_token_id=0)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)

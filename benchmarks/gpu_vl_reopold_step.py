@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     autocast = cuda if args.autocast is None else args.autocast
     tokenizer = task_tokenizer(gold_conversations("visual_qa", count=16))
     student = build(args.student_shape, tokenizer, DTYPES[args.dtype], device, args.seed)
-    student.gradient_checkpointing_enable()
+    getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     teacher = build(args.teacher_shape, tokenizer, DTYPES[args.teacher_dtype], device, args.seed + 1)
     spec = SHAPES[args.student_shape][0]
     image_processor = build_tiny_processor(tokenizer, min_pixels=args.image_min_pixels,

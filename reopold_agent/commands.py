@@ -142,7 +142,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
                          trust_remote_code=config.model.trust_remote_code)
     vision = load_vision(student, student_path, config)
     if config.model.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()  # renamed in transformers 5.2x
     teacher = None
     if need_teacher:
         teacher_model = load_model(teacher_path, dtype=low_dtype, role="teacher",
