@@ -251,13 +251,7 @@ def build_causal_lm(
         The model in fp32 and eval mode, with ``generation_config`` carrying the eos/pad ids.
     """
     spec = resolve_spec(spec)
-    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer needs both eos_token and pad_token set")
-    ids = dict(
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ids = special_token_ids(tokenizer)
     config_cls, model_cls = (
         (Qwen2Config, Qwen2ForCausalLM) if spec.family == "qwen2" else (Qwen3Config, Qwen3ForCausalLM)
     )
@@ -274,6 +268,25 @@ def build_causal_lm(
         **extra,
         **ids,
     )
+    return init_tiny_model(model_cls, config, ids, seed=seed)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """pad, bos and eos ids of a tiny model (bos = pad, as in Qwen).
+
+    Raises:
+        ValueError: the tokenizer lacks an eos or pad token.
+    """
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer needs both eos_token and pad_token set")
+    return dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+
+
+def init_tiny_model(model_cls: type, config: object, ids: dict[str, int], *, seed: int) -> PreTrainedModel:
+    """``model_cls(config)`` randomly initialised under ``torch.random.fork_rng`` seeded with
+    ``seed`` (the caller's RNG state is untouched), in fp32 and eval mode, with a
+    ``generation_config`` carrying ``ids`` (:func:`special_token_ids`)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)

@@ -36,9 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from transformers import (
-    GenerationConfig,
     PreTrainedTokenizerBase,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -47,7 +45,7 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from reopold_agent import chat_template as ct
-from reopold_agent.tiny_models import check_attention_shape
+from reopold_agent.tiny_models import check_attention_shape, init_tiny_model, special_token_ids
 
 from .loading import ImageOnlyQwenVLProcessor
 
@@ -215,22 +213,14 @@ def build_tiny_vl(
         ``image_grid_thw`` [n_images, 3] from :func:`build_tiny_processor`.
     """
     spec = resolve_vl_spec(spec)
-    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError("tokenizer needs both eos_token and pad_token set")
-    special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id,
-                   eos_token_id=tokenizer.eos_token_id)
+    special = special_token_ids(tokenizer)
     config = Qwen2_5_VLConfig(
         text_config=_text_config(spec, len(tokenizer), special),
         vision_config=_vision_config(spec),
         tie_word_embeddings=spec.tie_word_embeddings,
         **vision_token_ids(tokenizer),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.to(torch.float32)
-    model.generation_config = GenerationConfig(**special)
-    return model.eval()
+    return init_tiny_model(Qwen2_5_VLForConditionalGeneration, config, special, seed=seed)
 
 
 def build_tiny_processor(
