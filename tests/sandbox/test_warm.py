@@ -160,7 +160,7 @@ def test_worker_killed_while_idle_is_replaced(warm):
     sandbox = warm()
     first = _worker_pid(sandbox)
     os.killpg(first, signal.SIGKILL)
-    time.sleep(0.1)
+    sandbox._pool._idle[0].proc.wait(timeout=10)  # dead before the next run, however loaded the machine
     result = sandbox.run("print('still here')")
     assert result.ok and result.stdout == "still here\n"
     assert _worker_pid(sandbox) != first
