@@ -62,8 +62,8 @@ class EmbeddedRecipe:
 RECIPES: dict[str, EmbeddedRecipe] = {
     # Measured on this project's 2-core reference machine: the teacher (0.46M parameters) solves
     # 100% of held-out problems greedily; the student (0.19M, untied, 2 layers) is stopped in the
-    # middle of learning to copy numbers (20% greedy, 15% sampled at top-p 0.9). 50 more supervised steps
-    # would take it past 90%: it has the capacity, it lacks training signal.
+    # middle of learning to copy numbers (20% greedy, 15% sampled at top-p 0.9). 50 more
+    # supervised steps would take it past 90%: it has the capacity, it lacks training signal.
     "tool_math": EmbeddedRecipe(
         task="tool_math",
         teacher_spec=TINY_SPECS["micro"],
