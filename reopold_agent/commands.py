@@ -175,7 +175,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     if accelerator.is_main_process:
         logger.save_config(to_dict(resolved))
     teacher_engine = None
-    if teacher is not None and config.eval.teacher:
+    if teacher is not None and (config.eval.teacher or config.objective.name == "sft"):
         teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id,
                                                            vision=vision),
                                        tokenizer, config.rollout, vision=vision)

@@ -47,7 +47,8 @@ class TrainerParts:
     logger: RunLogger
     accelerator: Any
     teacher_engine: RolloutEngine | None = None
-    """Plays eval episodes with the teacher (``eval.teacher``), or None."""
+    """Plays episodes with the teacher: its evaluation (``eval.teacher``) and, for the ``sft``
+    objective, the training rollouts; None when neither is asked for."""
 
 
 class Trainer:
@@ -112,7 +113,7 @@ class Trainer:
         parts.engine.backend.sync_weights(parts.student)
         everyone = self._gather_trajectories(trajectories)
         metrics = {**stats, **rollout_metrics(everyone),
-                   **{f"time/rollout_{k}": v for k, v in parts.engine.timings.items()}}
+                   **{f"time/rollout_{k}": v for k, v in self._rollout_engine.timings.items()}}
         model_tokens = sum(t.num_model_tokens for t in everyone)
         metrics.update({
             "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
@@ -169,8 +170,18 @@ class Trainer:
                            options={"index": (step * P + p) % num_items if num_items else step * P + p})
             for p in mine for g in range(G)
         ]
-        return self.parts.engine.run(self._train_envs[:len(requests)], requests,
-                                     seed=_seed(cfg.train.seed, step, 10_000 + self.rank), step=step)
+        return self._rollout_engine.run(self._train_envs[:len(requests)], requests,
+                                        seed=_seed(cfg.train.seed, step, 10_000 + self.rank), step=step)
+
+    @property
+    def _rollout_engine(self) -> RolloutEngine:
+        """Who plays the training episodes: the student, or the teacher for ``sft`` (the
+        baseline learns from teacher-generated tokens, method section 5)."""
+        if self.config.objective.name != "sft":
+            return self.parts.engine
+        if self.parts.teacher_engine is None:
+            raise ValueError("objective 'sft' trains on the teacher's rollouts, but no teacher engine was built")
+        return self.parts.teacher_engine
 
     def _evaluate(self, step: int, *, engine: RolloutEngine | None = None, prefix: str = "eval/") -> dict[str, float]:
         cfg, parts = self.config, self.parts

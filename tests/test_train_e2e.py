@@ -141,6 +141,22 @@ def test_user_registered_environment_trains_for_a_step(tiny_models, tmp_path):
     assert "convert" in trajs[0].messages[0]["content"] or trajs[0].messages[0]["role"] == "system"
 
 
+def test_sft_objective_learns_from_the_teachers_rollouts(tiny_models, tmp_path):
+    """``--objective sft`` is supervised training on teacher-generated tokens: the training
+    episodes are the teacher's, so their behaviour log-probs are the teacher's own scores."""
+    out = tmp_path / "sft_objective"
+    assert main(_args(tiny_models, out, steps=1, extra=["--objective", "sft", "--set", "eval.teacher=false"])) == 0
+    trajs, errors = read_trajectories(out / "trajectories" / "step_000000.jsonl")
+    assert not errors and len(trajs) == 4
+    for t in trajs:
+        pairs = [(b, s) for b, s, m in zip(t.logprobs, t.teacher_logprobs, t.loss_mask) if m]
+        assert pairs
+        for behaviour, teacher in pairs:
+            assert abs(behaviour - teacher) < 1e-4
+    before, after = _params(tiny_models[0]), _params(out / "checkpoints" / "step_000001")
+    assert any(not (before[k] == after[k]).all() for k in before)
+
+
 def test_sft_and_eval_commands(tiny_models, tmp_path, capsys):
     out = tmp_path / "sft"
     assert main(["sft", "--task", "tool_math", "--student", str(tiny_models[0]), "--steps", "3",
