@@ -24,6 +24,7 @@ from reopold_agent.rollout.hf_backend import HFGenerationBackend
 from reopold_agent.teacher import TeacherScorer
 from reopold_agent.train_config import ObjectiveConfig, OptimConfig
 from reopold_agent.trajectory import Trajectory
+from reopold_agent.vision.loading import enable_activation_checkpointing
 
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -77,7 +78,7 @@ def main() -> None:
         raise SystemExit("this check needs a CUDA GPU")
     g = torch.Generator().manual_seed(0)
     student = build("0.5b", torch.float32)
-    getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    enable_activation_checkpointing(student)
     teacher = build("1.5b", torch.bfloat16)
     backend = HFGenerationBackend(student, pad_token_id=0)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)

@@ -61,6 +61,7 @@ from reopold_agent.teacher import TeacherScorer
 from reopold_agent.tool_protocol import render_tool_call
 from reopold_agent.train_config import ObjectiveConfig, OptimConfig
 from reopold_agent.vision import VisionProcessor
+from reopold_agent.vision.loading import enable_activation_checkpointing
 from reopold_agent.vision.tiny import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
 
 _QWEN25_VL_VISION = dict(vision_depth=32, vision_hidden_size=1280, vision_num_heads=16, vision_intermediate_size=3420,
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     autocast = cuda if args.autocast is None else args.autocast
     tokenizer = task_tokenizer(gold_conversations("visual_qa", count=16))
     student = build(args.student_shape, tokenizer, DTYPES[args.dtype], device, args.seed)
-    getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    enable_activation_checkpointing(student)
     teacher = build(args.teacher_shape, tokenizer, DTYPES[args.teacher_dtype], device, args.seed + 1)
     spec = SHAPES[args.student_shape][0]
     image_processor = build_tiny_processor(tokenizer, min_pixels=args.image_min_pixels,

@@ -142,7 +142,9 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
                          trust_remote_code=config.model.trust_remote_code)
     vision = load_vision(student, student_path, config)
     if config.model.gradient_checkpointing:
-        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()  # renamed in transformers 5.2x
+        from .vision.loading import enable_activation_checkpointing
+
+        enable_activation_checkpointing(student)
     teacher = None
     if need_teacher:
         teacher_model = load_model(teacher_path, dtype=low_dtype, role="teacher",

@@ -207,7 +207,7 @@ class Trainer:
         acc = parts.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_checkpoint(parts.logger.run_dir, step, model=acc.unwrap_model(parts.student),
+            save_checkpoint(parts.logger.run_dir, step, model=parts.student,
                             tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
                             extra={}, keep=self.config.train.keep_checkpoints,
                             image_processor=getattr(parts.engine.vision, "image_processor", None))
@@ -220,7 +220,7 @@ class Trainer:
             return 0
         from safetensors.torch import load_file
 
-        model = parts.accelerator.unwrap_model(parts.student)
+        model = parts.student
         state = {}
         for shard in sorted(ckpt.glob("*.safetensors")):
             state.update(load_file(str(shard)))

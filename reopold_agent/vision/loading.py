@@ -90,6 +90,12 @@ def load_model(
         raise ModelLoadError(f"cannot load {role} model {path!r}: {_first_line(exc)}") from exc
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (``activation_checkpointing_enable`` in recent
+    transformers 5.x, ``gradient_checkpointing_enable`` before the rename)."""
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+
+
 def load_processor(path_or_id: str | os.PathLike) -> Any:
     """Loads the processor of a VL checkpoint: an object with ``.image_processor`` and ``.tokenizer``.
 
