@@ -89,6 +89,10 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     seed: int = 0
+    """Seeds the order of the train items and the rollouts' sampling."""
+    shuffle: bool = True
+    """Play the train items in a seeded random order, reshuffled every pass over the split
+    (false: in index order)."""
     save_every: int = 50
     """Checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 2

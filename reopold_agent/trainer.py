@@ -4,9 +4,10 @@ The trainer orchestrates and computes nothing itself: each stage is a call into 
 on its own. Everything it needs (models, environments, accelerator, logger) is built by the
 caller (:mod:`reopold_agent.cli`) and passed in.
 
-Data order is a pure function of ``(train.seed, step)``: step k plays train items
-``k*P .. k*P+P-1`` with seeds derived from the step, so a resumed run replays exactly the
-prompts an uninterrupted run would have.
+Data order is a pure function of ``(train.seed, step)``: step k plays positions
+``k*P .. k*P+P-1`` of a seeded stream over the train split, reshuffled every pass
+(:mod:`reopold_agent.data_order`), with sampling seeds derived from the step, so a resumed run
+replays exactly the prompts an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from .batching import collate
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .data_order import train_item_index
 from .evaluation import evaluate
 from .policy_update import policy_update
 from .rollout.engine import EpisodeRequest, RolloutEngine
@@ -165,9 +167,14 @@ class Trainer:
         while len(self._train_envs) < len(mine) * G:
             self._train_envs.append(self.parts.make_train_env())
         num_items = self._train_envs[0].num_items() if hasattr(self._train_envs[0], "num_items") else None
+
+        def item(p: int) -> int:
+            if num_items is None:  # an env without a finite split takes the stream position itself
+                return step * P + p
+            return train_item_index(step * P + p, num_items, seed=cfg.train.seed, shuffle=cfg.train.shuffle)
+
         requests = [
-            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), sample_index=g,
-                           options={"index": (step * P + p) % num_items if num_items else step * P + p})
+            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), sample_index=g, options={"index": item(p)})
             for p in mine for g in range(G)
         ]
         return self._rollout_engine.run(self._train_envs[:len(requests)], requests,

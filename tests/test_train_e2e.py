@@ -63,6 +63,11 @@ def test_two_step_run_trains_and_leaves_a_complete_run_directory(tiny_models, tm
     # saved trajectories: no tool/prompt token carries loss, teacher scored exactly the ids
     trajs, errors = read_trajectories(out / "trajectories" / "step_000001.jsonl")
     assert not errors and len(trajs) == 4
+    # step 1 plays stream positions 2 and 3 of the seeded shuffle (not items 2 and 3)
+    from reopold_agent.data_order import train_item_index
+
+    played = sorted({t.info["index"] for t in trajs})
+    assert played == sorted(train_item_index(k, 100_000, seed=0) for k in (2, 3)) and played != [2, 3]
     from reopold_agent.sequence_scoring import sequence_logprobs
     from transformers import AutoModelForCausalLM
     import torch
