@@ -16,6 +16,7 @@ import torch
 
 from .cli import UsageError
 from .config_loading import to_dict
+from .lr_schedule import lr_multiplier
 from .train_config import TrainConfig
 
 
@@ -160,8 +161,10 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
                                 batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
                                 vision=vision)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    warm = config.train.warmup_steps * config.train.mini_batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    per_step = config.train.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+        s, warmup_steps=config.train.warmup_steps * per_step, total_steps=config.train.steps * per_step,
+        decay=config.train.lr_decay, final_ratio=config.train.final_lr_ratio))
     # The student is not wrapped (no DistributedDataParallel): the update scores it through its
     # backbone and head (chunked vocabulary), and the trainer sums gradients across processes
     # itself; mixed precision comes from ``accelerator.autocast()`` around the update.

@@ -10,7 +10,6 @@ pixel inputs, exactly as the rollout engine builds them.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .batching import pad_right
+from .lr_schedule import lr_multiplier
 from .objectives import ObjectiveInputs, SftConfig, sft_objective
 from .sequence_scoring import sequence_logprobs
 from .vision.processing import VisionInputs, VisionProcessor, message_images
@@ -104,7 +104,8 @@ def supervised_train(
     rng = random.Random(config.seed)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+        s, warmup_steps=config.warmup_steps, total_steps=config.steps, decay="cosine", final_ratio=0.1))
     model.train()
     recent: list[float] = []
     for step in range(config.stop_after or config.steps):
@@ -124,13 +125,6 @@ def supervised_train(
             on_step(step, recent[-1])
     model.eval()
     return sum(recent) / len(recent)
-
-
-def _warmup_cosine(step: int, config: SupervisedConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _pad(batch: list[TokenizedConversation], pad_token_id: int):

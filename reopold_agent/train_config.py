@@ -87,6 +87,10 @@ class OptimConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    """Training steps of linear learning-rate warm-up."""
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant (the paper), or cosine decay to ``final_lr_ratio * lr`` at the last step."""
+    final_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
     """Seeds the order of the train items and the rollouts' sampling."""
@@ -105,6 +109,8 @@ class OptimConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
 
 
 @dataclass

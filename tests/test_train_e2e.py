@@ -190,3 +190,13 @@ def test_two_processes_log_every_processes_trajectories_and_metrics(tiny_models,
     assert len({t.prompt_id for t in trajs}) == 4
     step = [m for m in read_metrics(out) if "rollout/episodes" in m][0]
     assert step["rollout/episodes"] == 8.0
+
+
+def test_cosine_lr_decay_reaches_its_final_ratio_on_the_last_step(tiny_models, tmp_path):
+    out = tmp_path / "cosine"
+    argv = _args(tiny_models, out, steps=2) + ["--set", "train.lr=1e-3", "--set", "train.lr_decay=cosine",
+                                               "--set", "train.final_lr_ratio=0.5", "--set", "eval.num_problems=0",
+                                               "--set", "train.warmup_steps=0", "--set", "train.mini_batches=1"]
+    assert main(argv) == 0
+    lrs = [r["train/lr"] for r in read_metrics(out) if "train/lr" in r]  # logged after each optimiser step
+    assert lrs[0] == pytest.approx(0.75e-3) and lrs[-1] == pytest.approx(0.5e-3)
