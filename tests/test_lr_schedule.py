@@ -1,4 +1,4 @@
-"""Learning-rate multiplier: warm-up, constant, cosine decay; and the trainer's use of it."""
+"""Learning-rate multiplier: linear warm-up, then constant or cosine decay (the trainer's use: test_train_e2e)."""
 
 from __future__ import annotations
 
