@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .lr_schedule import LrDecay
 from .objectives.config import GrpoConfig, ReopoldConfig, RklConfig
 from .rollout.config import RolloutConfig
 from .sandbox import SandboxConfig
@@ -88,7 +89,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     """Training steps of linear learning-rate warm-up."""
-    lr_decay: Literal["constant", "cosine"] = "constant"
+    lr_decay: LrDecay = "constant"
     """After warm-up: constant (the paper), or cosine decay to ``final_lr_ratio * lr`` at the last step."""
     final_lr_ratio: float = 0.1
     grad_clip: float = 1.0
