@@ -170,7 +170,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
     student = student.to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
-    backend = HFGenerationBackend(student, pad_token_id=tokenizer.pad_token_id, vision=vision)
+    backend = HFGenerationBackend(student, pad_token_id=tokenizer.pad_token_id, vision=vision,
+                                  cpu_threads=config.rollout.torch_threads)
     engine = RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(
@@ -182,7 +183,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     teacher_engine = None
     if teacher is not None and (config.eval.teacher or config.objective.name == "sft"):
         teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id,
-                                                           vision=vision),
+                                                           vision=vision, cpu_threads=config.rollout.torch_threads),
                                        tokenizer, config.rollout, vision=vision)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
                          make_train_env, make_eval_env, logger, accelerator, teacher_engine)
@@ -207,7 +208,8 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     model = load_model(student_path, dtype=low, role="student").to(device)
     vision = load_vision(model, student_path, config)
     sandbox = build_sandbox(config)
-    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision),
+    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
+                                               cpu_threads=config.rollout.torch_threads),
                            tokenizer, config.rollout, vision=vision)
     metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
                           samples=config.eval.samples, greedy=config.eval.greedy,

@@ -35,6 +35,10 @@ class RolloutConfig:
     almost together, so they share the next generation batch (0 = continue at once). Larger
     values mean fuller generation batches but more latency per turn; a slow tool never delays
     other episodes by more than this."""
+    torch_threads: int | None = None
+    """CPU only: torch threads while the student generates (None = as ``train.torch_threads``).
+    A small model's decode steps are short ops; while tools run on the same cores, one thread
+    decodes faster than several that wait on each other (scoring and updates keep theirs)."""
     max_images_per_episode: int = 8
     """Images one episode may hold (prompt and tool outputs); a tool's further images are
     replaced by a text note saying so. Bounds the pixel memory of long image-tool episodes."""
@@ -53,6 +57,8 @@ class RolloutConfig:
         for name in ("group_size", "max_turn_tokens", "max_episode_tokens", "max_turns", "tool_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"rollout.torch_threads must be >= 1 or null, got {self.torch_threads}")
         if not self.tool_batch_wait_s >= 0:
             raise ValueError(f"rollout.tool_batch_wait_s must be >= 0, got {self.tool_batch_wait_s}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:

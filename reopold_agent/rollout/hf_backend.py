@@ -40,14 +40,20 @@ class HFGenerationBackend(GenerationBackend):
         pad_token_id: id fed for left padding and for rows that already stopped.
         max_batch_rows: split larger batches into chunks of at most this many rows.
         vision: the image processor of a vision-language student (None for text models).
+        cpu_threads: torch threads while decoding on CPU (None: leave the process setting).
+            Decode steps of a small model are short ops; when tools run on the same cores,
+            several threads wait on each other more than they compute.
     """
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
-                 vision: VisionProcessor | None = None) -> None:
+                 vision: VisionProcessor | None = None, cpu_threads: int | None = None) -> None:
+        if cpu_threads is not None and cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {cpu_threads}")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_rows = max_batch_rows
         self.vision = vision
+        self.cpu_threads = cpu_threads
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -79,12 +85,15 @@ class HFGenerationBackend(GenerationBackend):
         self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int], rows: list
     ) -> list[Generation]:
         device = next(self.model.parameters()).device
-        was_training = self.model.training
+        was_training, threads = self.model.training, torch.get_num_threads()
         self.model.eval()
+        if self.cpu_threads is not None and device.type == "cpu":
+            torch.set_num_threads(self.cpu_threads)
         try:
             return self._decode(prompts, budgets, params, seeds, rows, device)
         finally:
             self.model.train(was_training)
+            torch.set_num_threads(threads)
 
     def _decode(self, prompts, budgets, params, seeds, rows, device) -> list[Generation]:
         """Decode B rows together; every row stops at its own stop token or budget."""

@@ -227,6 +227,8 @@ def test_with_the_real_sampler_an_episode_is_the_same_alone_or_in_a_batch():
     assert batch[0].logprobs == pytest.approx(alone.logprobs, abs=1e-5)
 
 
-def test_negative_straggler_wait_is_rejected():
+def test_negative_straggler_wait_and_zero_generation_threads_are_rejected():
     with pytest.raises(ValueError, match="tool_batch_wait_s"):
         RolloutConfig(tool_batch_wait_s=-1.0)
+    with pytest.raises(ValueError, match="rollout.torch_threads"):
+        RolloutConfig(torch_threads=0)

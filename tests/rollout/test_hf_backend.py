@@ -67,3 +67,25 @@ def test_one_seed_per_row_is_required():
     backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
     with pytest.raises(ValueError, match="seeds"):
         backend.generate([[1, 2], [3]], [2, 2], SamplingParams(), seeds=[0])
+
+
+def test_cpu_threads_apply_while_decoding_and_are_restored_after():
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    seen = []
+    m.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        default = HFGenerationBackend(m, pad_token_id=tok.pad_token_id).generate(
+            [prompt], [6], SamplingParams(), seeds=[5])[0]
+        assert set(seen) == {2}
+        seen.clear()
+        one = HFGenerationBackend(m, pad_token_id=tok.pad_token_id, cpu_threads=1).generate(
+            [prompt], [6], SamplingParams(), seeds=[5])[0]
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        assert one.token_ids == default.token_ids
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="cpu_threads"):
+        HFGenerationBackend(m, pad_token_id=tok.pad_token_id, cpu_threads=0)
