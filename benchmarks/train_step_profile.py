@@ -6,7 +6,8 @@ over the steps (the first step is reported apart: it includes warm-up):
     python benchmarks/train_step_profile.py --task tool_math --steps 8 [--set key=value ...]
 
 Rollout time is split into model generation, environment steps (tool calls, run
-concurrently) and templating/bookkeeping; "outside the models" = environments + templating.
+concurrently; the time the engine waits for them while no generation runs) and
+templating/bookkeeping; "outside the models" = environments + templating.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def main() -> None:
         values = [r[key] for r in rest if key in r]
         if values:
             print(f"{key:34s} {statistics.median(values):10.3f} {first.get(key, float('nan')):11.3f}")
-    outside = [(r["time/rollout_env_s"] + r["time/rollout_template_s"]) / r["time/rollout_s"] for r in rest]
-    print(f"{'outside the models / rollout':34s} {statistics.median(outside):10.1%}")
+    for label, keys in (("environments / rollout", ("time/rollout_env_s",)),
+                        ("templating / rollout", ("time/rollout_template_s",)),
+                        ("outside the models / rollout", ("time/rollout_env_s", "time/rollout_template_s"))):
+        share = [sum(r[k] for k in keys) / r["time/rollout_s"] for r in rest]
+        print(f"{label:34s} {statistics.median(share):10.1%}")
     print(f"peak resident memory {peak_mb:,.0f} MiB over {len(rows)} steps")
 
 
