@@ -149,7 +149,8 @@ import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 add_key, keyctl = {numbers}
-for ring in (-4, -5):  # the uid's user and user-session keyrings
+persistent = libc.syscall(keyctl, 22, ctypes.c_long(-1), ctypes.c_long(-2))  # GET_PERSISTENT
+for ring in (-4, -5, persistent):  # the uid's user, user-session and persistent keyrings
     if sys.stdin.read(1) == "p":
         key = libc.syscall(add_key, b"user", b"reopold-key", b"secret", 6, ctypes.c_long(ring))
     else:  # KEYCTL_SEARCH
@@ -162,8 +163,8 @@ for ring in (-4, -5):  # the uid's user and user-session keyrings
 def test_keys_of_one_execution_are_gone_in_the_next_with_the_same_uid(make_isolated):
     sandbox = make_isolated(_own_uid_config(timeout_s=5))
     code = _KEYS.format(numbers=_KEY_SYSCALLS[os.uname().machine])
-    assert sandbox.run(code, stdin="pp").stdout == "True 0\nTrue 0\n"
-    assert sandbox.run(code, stdin="ll").stdout == "False 126\nFalse 126\n"  # ENOKEY
+    assert sandbox.run(code, stdin="ppp").stdout == "True 0\nTrue 0\nTrue 0\n"
+    assert sandbox.run(code, stdin="lll").stdout == "False 126\nFalse 126\nFalse 126\n"  # ENOKEY
 
 
 def test_no_network_not_even_loopback(sandbox):
