@@ -145,8 +145,9 @@ class RolloutEngine:
         suppress = (vision.image_token_id,) if vision is not None else ()
         self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)), suppress)
         self.timings: dict[str, float] = {}
-        """Seconds spent in the last :meth:`run`: generate_s (model), env_s (waiting for tool
-        steps with no episode ready to generate), template_s (chat templating and bookkeeping)."""
+        """Seconds spent in the last :meth:`run`: generate_s (model), env_s (submitting tool
+        steps, and waiting for them with no episode ready to generate), template_s (chat
+        templating and bookkeeping)."""
 
     def run(self, envs: list[Any], requests: list[EpisodeRequest], *, seed: int, step: int = 0,
             task: str = "") -> list[Trajectory]:
@@ -172,10 +173,12 @@ class RolloutEngine:
         while ready or pending:
             if ready:
                 self._generate_turn(ready, seed=seed)
+                start = time.perf_counter()  # submitting: the first steps already run meanwhile
                 for ep in ready:
                     if not ep.done:
                         action = _strip_eos(ep.last_text, self.tokenizer)
                         pending[pool.submit(guarded_step, ep.env, action)] = ep
+                self.timings["env_s"] += time.perf_counter() - start
             ready = []
             for ep, outcome in self._wait_for_steps(pending):
                 start = time.perf_counter()
