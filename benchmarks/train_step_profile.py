@@ -6,8 +6,8 @@ over the steps (the first step is reported apart: it includes warm-up):
     python benchmarks/train_step_profile.py --task tool_math --steps 8 [--set key=value ...]
 
 Rollout time is split into model generation, environment steps (tool calls, run
-concurrently; the time the engine waits for them while no generation runs) and
-templating/bookkeeping; "outside the models" = environments + templating.
+concurrently: the time spent submitting them and waiting for them while no generation runs)
+and templating/bookkeeping; "outside the models" = environments + templating.
 """
 
 from __future__ import annotations
