@@ -120,12 +120,20 @@ def build_sandbox(config: TrainConfig) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any = None) -> Any:
+    """A rollout engine sampling from ``model`` in process, with the run's rollout settings."""
+    from .rollout.engine import RolloutEngine
+    from .rollout.hf_backend import HFGenerationBackend
+
+    backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
+                                  cpu_threads=config.rollout.torch_threads)
+    return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
+
+
 def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     from accelerate import Accelerator
 
     from .progress import TrainProgress
-    from .rollout.engine import RolloutEngine
-    from .rollout.hf_backend import HFGenerationBackend
     from .run_logging import RunLogger
     from .teacher import TeacherScorer, check_vocabularies
     from .trainer import Trainer, TrainerParts
@@ -170,9 +178,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
     student = student.to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
-    backend = HFGenerationBackend(student, pad_token_id=tokenizer.pad_token_id, vision=vision,
-                                  cpu_threads=config.rollout.torch_threads)
-    engine = RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
+    engine = rollout_engine(student, tokenizer, config, vision)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
@@ -182,9 +188,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         logger.save_config(to_dict(resolved))
     teacher_engine = None
     if teacher is not None and (config.eval.teacher or config.objective.name == "sft"):
-        teacher_engine = RolloutEngine(HFGenerationBackend(teacher.model, pad_token_id=tokenizer.pad_token_id,
-                                                           vision=vision, cpu_threads=config.rollout.torch_threads),
-                                       tokenizer, config.rollout, vision=vision)
+        teacher_engine = rollout_engine(teacher.model, tokenizer, config, vision)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
                          make_train_env, make_eval_env, logger, accelerator, teacher_engine)
     with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
@@ -198,8 +202,6 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
 
 def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     from .evaluation import evaluate
-    from .rollout.engine import RolloutEngine
-    from .rollout.hf_backend import HFGenerationBackend
 
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
     tokenizer = load_tokenizer(student_path)
@@ -208,9 +210,7 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     model = load_model(student_path, dtype=low, role="student").to(device)
     vision = load_vision(model, student_path, config)
     sandbox = build_sandbox(config)
-    engine = RolloutEngine(HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
-                                               cpu_threads=config.rollout.torch_threads),
-                           tokenizer, config.rollout, vision=vision)
+    engine = rollout_engine(model, tokenizer, config, vision)
     metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
                           samples=config.eval.samples, greedy=config.eval.greedy,
                           batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)

@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 
 from reopold_agent.cli import main
+from reopold_agent.commands import rollout_engine
 from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.rollout.config import RolloutConfig
 from reopold_agent.run_logging import read_metrics
 from reopold_agent.tiny_models import build_causal_lm
+from reopold_agent.train_config import TrainConfig
 from reopold_agent.trajectory_io import read_trajectories
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,3 +204,12 @@ def test_cosine_lr_decay_reaches_its_final_ratio_on_the_last_step(tiny_models, t
     assert main(argv) == 0
     lrs = [r["train/lr"] for r in read_metrics(out) if "train/lr" in r]  # logged after each optimiser step
     assert lrs[0] == pytest.approx(0.75e-3) and lrs[-1] == pytest.approx(0.5e-3)
+
+
+def test_train_and_eval_engines_generate_with_the_configured_threads():
+    tok, model = tiny.tokenizer(), tiny.model("micro")
+    config = TrainConfig(rollout=RolloutConfig(torch_threads=1, tool_batch_wait_s=0.5))
+    engine = rollout_engine(model, tok, config)
+    assert engine.backend.cpu_threads == 1 and engine.backend.model is model
+    assert engine.config.tool_batch_wait_s == 0.5
+    assert rollout_engine(model, tok, TrainConfig()).backend.cpu_threads is None
