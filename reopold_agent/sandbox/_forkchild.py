@@ -12,7 +12,8 @@ server's pristine interpreter; it never calls ``exec``. Before any user code run
    set, no inheritable/permitted/effective/ambient capabilities, the execution's uid and gid
    and no supplementary groups (as root), or locked ``noroot`` securebits (in a user
    namespace), then ``no_new_privs``;
-5. empties its uid's user, user-session and persistent keyrings (they outlive processes).
+5. installs the seccomp filter that denies the kernel key syscalls (keyrings belong to a uid
+   and outlive processes, see ``_launcher.key_syscall_filter``).
 
 Then it runs the program as ``python -I -u main.py`` would: a fresh ``__main__`` module,
 ``sys.argv == ["main.py"]``, tracebacks, ``SystemExit`` codes, non-daemon threads joined and
@@ -118,7 +119,7 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
         signal.signal(sig, signal.SIG_DFL)
     _launcher.set_rlimits(spec["rlimits"])
     drop_privileges(libc, uid, spec["user_namespace"], spec["cap_last"])
-    _launcher.clear_user_keyrings(libc)  # they outlive processes; as the program's uid
+    _launcher.block_key_syscalls(libc, spec["key_filter"])  # keyrings outlive processes
     return os.path.join(workdir, "main.py")
 
 

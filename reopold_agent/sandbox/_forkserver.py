@@ -150,6 +150,7 @@ def _start(spec: dict) -> object:
     _launcher.harden_mounts(spec["hide_paths"])
     with open("/proc/sys/kernel/cap_last_cap") as f:
         spec["cap_last"] = int(f.read())
+    spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)
     return libc
 
 

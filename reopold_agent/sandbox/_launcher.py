@@ -8,18 +8,20 @@ directly when unisolated execution was allowed. It:
 2. isolated only: makes every mount read-only (``mount_setattr`` with ``AT_RECURSIVE``),
    covers ``hide_paths`` with empty read-only tmpfs, mounts a private size-limited tmpfs on
    ``/tmp`` owned by the sandbox uid and writes the program there;
-3. forks; the child (as root: empties the sandbox uid's kernel keyrings, which outlive its
-   processes, see :func:`clear_user_keyrings`) sets rlimits, resets signal dispositions and
-   execs the privilege-drop prefix (``setpriv ...``) followed by ``python -I -u main.py``;
+3. forks; the child (isolated: denies the kernel key syscalls with a seccomp filter, since
+   keyrings outlive processes, see :func:`key_syscall_filter`) sets rlimits, resets signal
+   dispositions and execs the privilege-drop prefix (``setpriv ...``) followed by
+   ``python -I -u main.py``;
 4. reaps every process (it is the namespace init) until the program exits, then writes one
    JSON line to the status fd: ``{"wait_status": .., "cpu_s": ..}`` or ``{"setup_error": ..}``.
 
 When it exits, the kernel kills whatever is left in the pid namespace. User code never sees
 the status fd (it is close-on-exec), so it cannot forge the status. The warm workers
-(``_forkserver.py``, ``_forkchild.py``) reuse the mount, rlimit and keyring helpers.
+(``_forkserver.py``, ``_forkchild.py``) reuse the mount, rlimit and seccomp helpers.
 """
 
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -32,16 +34,30 @@ _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 INSIDE_WORKDIR = "/tmp"
-_KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "loongarch64": 219,
-                   "i686": 288, "armv7l": 311, "ppc64le": 271, "s390x": 280}
-_KEYCTL_CLEAR, _KEYCTL_GET_PERSISTENT = 7, 22
-_KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING = -4, -5
-_ENOSYS, _EOPNOTSUPP = 38, 95
+_KEY_SYSCALLS = {  # machine: (AUDIT_ARCH_*, add_key, request_key, keyctl)
+    "x86_64": (0xC000003E, 248, 249, 250), "aarch64": (0xC00000B7, 217, 218, 219),
+    "riscv64": (0xC00000F3, 217, 218, 219), "loongarch64": (0xC0000102, 217, 218, 219),
+    "i686": (0x40000003, 286, 287, 288), "armv7l": (0x40000028, 309, 310, 311),
+    "ppc64le": (0xC0000015, 269, 270, 271), "s390x": (0x80000016, 278, 279, 280)}
+_X32_SYSCALL_BIT = 0x40000000
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 
 
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
 def _check(ret: int, what: str) -> None:
@@ -82,45 +98,49 @@ def _setup_mounts(spec: dict, code: bytes) -> str:
     return mount_workdir(spec["uid"], spec["workdir_mb"], code)
 
 
-def clear_user_keyrings(libc) -> None:
-    """Empty the calling uid's user, user-session and persistent keyrings.
+def key_syscall_filter(machine: str) -> list:
+    """The seccomp program that fails ``add_key``, ``request_key`` and ``keyctl`` with EPERM.
 
-    They belong to the uid (in its user namespace), not to a process: without this, keys one
-    execution adds are readable by the next execution with the same uid. A kernel without
-    keys (ENOSYS) has nothing to clear; on an architecture not in the table this is skipped.
+    Kernel keyrings belong to a uid, not to a process or a namespace: keys one execution adds
+    would be readable by the next execution with the same uid. Like Docker's default seccomp
+    profile, the sandbox therefore denies the three key syscalls; every other syscall is
+    allowed. Syscalls of another ABI (32-bit ``int 0x80`` on x86_64, x32) are denied too, so
+    the key syscalls cannot be reached under other numbers.
 
-    The persistent keyring is fetched into the user-session keyring (the keyring a process
-    without a session keyring searches, so the link makes it clearable by id), cleared, then
-    unlinked by clearing the user-session keyring. Fetching it into a new process keyring
-    would free that keyring at exit, and every freed key makes the kernel's key collector walk
-    all keys of the machine (three per uid ever used: with a pool of 65,536 uids that was about
-    half of an execution's kernel time, 8 ms -> 4-6 ms measured).
+    Returns:
+        [(code, jt, jf, k)] BPF instructions.
+
+    Raises:
+        OSError: the key syscall numbers of ``machine`` are unknown.
     """
-    number = _KEYCTL_SYSCALL.get(os.uname().machine)
-    if number is None:
-        return
-    keyctl = libc.syscall
-    keyctl.restype = ctypes.c_long
-    rings = [_KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING]
-    persistent = keyctl(number, ctypes.c_long(_KEYCTL_GET_PERSISTENT), ctypes.c_long(-1),
-                        ctypes.c_long(_KEY_SPEC_USER_SESSION_KEYRING))
-    if persistent > 0:
-        rings.insert(0, persistent)  # before the user-session keyring that links it
-    elif ctypes.get_errno() not in (_ENOSYS, _EOPNOTSUPP):
-        _check(-1, "keyctl(GET_PERSISTENT)")
-    for ring in rings:
-        if keyctl(number, ctypes.c_long(_KEYCTL_CLEAR), ctypes.c_long(ring)) != 0 and \
-                ctypes.get_errno() != _ENOSYS:
-            _check(-1, f"keyctl(CLEAR, {ring})")
+    if machine not in _KEY_SYSCALLS:
+        raise OSError(f"no seccomp filter for the key syscalls on {machine!r}; known: "
+                      f"{', '.join(sorted(_KEY_SYSCALLS))}")
+    arch, *numbers = _KEY_SYSCALLS[machine]
+    deny = (_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM)
+    program = [(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH), (_BPF_JEQ_K, 1, 0, arch), deny,
+               (_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR)]
+    if machine == "x86_64":
+        program += [(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT), deny]
+    for i, number in enumerate(numbers):  # a match jumps over the rest and the allow
+        program.append((_BPF_JEQ_K, len(numbers) - i, 0, number))
+    return program + [(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), deny]
 
 
-def _clear_keyrings_as(uid: int) -> None:
-    """As root: clear ``uid``'s keyrings as that uid, keeping root as the saved uid."""
-    os.setresuid(uid, uid, 0)
-    try:
-        clear_user_keyrings(ctypes.CDLL(None, use_errno=True))
-    finally:
-        os.setresuid(0, 0, 0)
+def block_key_syscalls(libc, program: list | None = None) -> None:
+    """Set ``no_new_privs`` and install :func:`key_syscall_filter` (inherited by children
+    and across ``exec``; it cannot be removed).
+
+    Args:
+        libc: ``ctypes.CDLL(None, use_errno=True)``.
+        program: the filter of this machine, if already built.
+    """
+    program = key_syscall_filter(os.uname().machine) if program is None else program
+    instructions = (_SockFilter * len(program))(*program)
+    fprog = _SockFprog(len(program), instructions)
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+           "prctl(PR_SET_SECCOMP)")
 
 
 def set_rlimits(rlimits: dict) -> None:
@@ -138,8 +158,8 @@ def _exec_program(spec: dict, workdir: str, status_fd: int) -> None:
         os.chdir(workdir)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        if spec.get("clear_keyrings"):
-            _clear_keyrings_as(spec["uid"])
+        if spec["isolate"]:
+            block_key_syscalls(ctypes.CDLL(None, use_errno=True))
         set_rlimits(spec["rlimits"])
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}

@@ -40,6 +40,7 @@ print(json.dumps({
     "root_ro": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
     "cap_eff": int(status["CapEff"].strip(), 16), "cap_bnd": int(status["CapBnd"].strip(), 16),
     "no_new_privs": status["NoNewPrivs"].strip() == "1",
+    "seccomp": status.get("Seccomp", "").strip(),
 }))
 """
 """Run once per sandbox through the real pipeline; its output is checked by probe_failure."""
@@ -152,6 +153,7 @@ def probe_failure(result: SandboxResult, *, expect_root_inside: bool,
         "read-only root filesystem": seen["root_ro"],
         "no capabilities": seen["cap_eff"] == 0 and seen["cap_bnd"] == 0,
         "no_new_privs": seen["no_new_privs"],
+        "seccomp filter (kernel key syscalls denied)": seen.get("seccomp") == "2",
         "unprivileged uid": (seen["uid"] == 0) == expect_root_inside,
     }
     failed = [name for name, ok in checks.items() if not ok]

@@ -17,8 +17,8 @@ Isolation, compared with spawning per execution (``local.py``). The server keeps
 privileges inside its namespaces (like the spawn path's launcher, but for the worker's
 life); the program drops them exactly as there. Per execution: a fresh mount namespace with
 its own tmpfs ``/tmp`` and a fresh IPC namespace (files, SysV and POSIX IPC objects die with
-them), a uid from the pool as root (distinct for concurrent executions), its uid's keyrings
-emptied, and every other process of the pid namespace killed and reaped before the result
+them), a uid from the pool as root (distinct for concurrent executions), the kernel key
+syscalls denied (seccomp), and every other process of the pid namespace killed and reaped before the result
 is reported. Shared by the executions of one worker: the network namespace (no interface
 up), the read-only mounts, the uts namespace, and with a user namespace the uid (0 inside,
 no capabilities; the program could then signal its supervisor, which only fails its own

@@ -16,7 +16,8 @@ Each execution runs as::
   read-only, a private size-limited tmpfs as ``/tmp`` (the working directory and ``HOME``),
   empty tmpfs over ``hide_paths`` (``/run`` by default: world-writable unix sockets are the
   one channel a network namespace leaves open), rlimits on CPU, address space, file size,
-  open files, processes and core files.
+  open files, processes and core files, and a seccomp filter that denies the kernel key
+  syscalls (keyrings belong to a uid and outlive processes).
 
 Known limits of this design: world-readable host files stay readable (read-only); unix
 sockets outside ``/run``/``/tmp`` that the program's uid may write remain reachable;
@@ -325,7 +326,6 @@ class LocalSandbox(Sandbox):
             with open(code_path, "w", encoding="utf-8") as f:
                 f.write(code)
             spec = {"code_path": code_path, "isolate": isolate, "uid": uid,
-                    "clear_keyrings": pooled,
                     "workdir_mb": self.config.workdir_mb,
                     "hide_paths": list(self.config.hide_paths),
                     "rlimits": self._rlimits(isolate),

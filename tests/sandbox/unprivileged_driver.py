@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-_KEYCTL = "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n"
+_KEYCTL = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "libc.syscall.restype = ctypes.c_long\n")
 """Prefix of the cases that use the x86_64 key syscalls (add_key 248, keyctl 250)."""
 
 CASES = {
@@ -32,7 +33,8 @@ CASES = {
                "os.wait()\ntime.sleep(0.5)\nprint('parent done')", 5.0),
     "plant": (_KEYCTL + "import os, sys\nopen('planted', 'w').write('x')\n"
               "os.environ['PLANTED'] = '1'\n"
-              "print(libc.syscall(248, b'user', b'planted', b'x', 1, ctypes.c_long(-4)) > 0)\n"
+              "print(libc.syscall(248, b'user', b'planted', b'x', 1, ctypes.c_long(-4)),"
+              " ctypes.get_errno())\n"
               "if os.fork() == 0:\n    os.setsid()\n    os.execv(sys.executable, [sys.executable,"
               " '-c', 'import time; time.sleep(60)', sys.stdin.read()])\n", 5.0),
     "look": (_KEYCTL + "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit()]\n"
