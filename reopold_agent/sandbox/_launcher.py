@@ -79,9 +79,8 @@ def harden_mounts(hide_paths: list) -> None:
                               b"size=4k,nr_inodes=2,mode=0555"), f"mount tmpfs on {path}")
 
 
-def mount_workdir(uid: int, workdir_mb: int, code: bytes) -> str:
+def mount_workdir(libc, uid: int, workdir_mb: int, code: bytes) -> str:
     """Mount a private tmpfs owned by ``uid`` on /tmp, write ``code`` as main.py there."""
-    libc = ctypes.CDLL(None, use_errno=True)
     options = f"size={workdir_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
     _check(libc.mount(b"tmpfs", INSIDE_WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                       options.encode()), f"mount tmpfs on {INSIDE_WORKDIR}")
@@ -95,7 +94,7 @@ def mount_workdir(uid: int, workdir_mb: int, code: bytes) -> str:
 def _setup_mounts(spec: dict, code: bytes) -> str:
     """Make the filesystem read-only but for a private tmpfs; return the work directory."""
     harden_mounts(spec["hide_paths"])
-    return mount_workdir(spec["uid"], spec["workdir_mb"], code)
+    return mount_workdir(ctypes.CDLL(None, use_errno=True), spec["uid"], spec["workdir_mb"], code)
 
 
 def key_syscall_filter(machine: str) -> list:

@@ -30,6 +30,8 @@ Forking without ``exec`` (the source of the speed) means, for a program:
 * ``sys.modules`` starts with what the server imported (stdlib only: ``ctypes``, ``json``,
   ``socket``, ``select`` and their dependencies) plus ``_forkchild`` and ``_launcher``, and
   its address space starts ~2-3 MiB larger than a fresh interpreter's (RLIMIT_AS counts it);
+  before serving, the server compiles and runs one fixed program of ours
+  (``_forkchild.warm_up``: it imports nothing), so first-use state is shared, not rebuilt;
 * every program of a worker sees the same str hash seed and address-space layout
   (``random`` is not imported by the server, so its seed is fresh per program);
 * objects are not finalized at exit (``atexit`` handlers and non-daemon threads do run);

@@ -202,3 +202,11 @@ def test_timeout_kills_the_tree_and_keeps_the_worker(warm):
 def test_warm_workers_zero_spawns():
     sandbox = LocalSandbox(SandboxConfig(warm_workers=0), probe=lambda s: None)
     assert not sandbox.warm and sandbox._pool is None
+
+
+def test_the_servers_warm_up_leaves_programs_a_fresh_start(warm):
+    """The server runs a fixed program before serving; programs must not see any of it."""
+    sandbox = warm()
+    code = ("import builtins, sys\nprint(__name__, sorted(k for k in sys.modules if 'warm' in k),"
+            " 'numbers' in dir(builtins), 'numbers' in globals())")
+    assert sandbox.run(code).stdout == "__main__ [] False False\n"
