@@ -176,6 +176,12 @@ def test_the_key_syscall_filter_is_refused_on_an_unknown_machine():
         _launcher.key_syscall_filter("vax")
 
 
+def test_a_program_holds_only_its_standard_streams(sandbox):
+    code = ("import os\nopen_fds = []\nfor fd in range(3, 1024):\n    try:\n        os.fstat(fd)\n"
+            "    except OSError:\n        continue\n    open_fds.append(fd)\nprint(open_fds)")
+    assert sandbox.run(code).stdout == "[]\n"
+
+
 def test_no_network_not_even_loopback(sandbox):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
