@@ -4,9 +4,10 @@ Imported by ``_forkserver.py`` (never by the host). The supervisor forks this ch
 server's pristine interpreter; it never calls ``exec``. Before any user code runs, it:
 
 1. starts its own session (so ``kill(0, ...)`` reaches only its own process group);
-2. enters a fresh mount and IPC namespace, mounts a private tmpfs owned by the execution's
-   uid on ``/tmp`` and writes the program there as ``main.py``: files, SysV and POSIX IPC
-   objects of an execution vanish with its namespaces when its last process dies;
+2. enters a fresh IPC namespace (SysV and POSIX IPC objects of an execution vanish with it
+   when its last process dies), gives the worker's tmpfs ``/tmp`` (empty: the supervisor of
+   the previous execution emptied it, see ``_launcher.empty_workdir``) to the execution's uid
+   and writes the program there as ``main.py``;
 3. puts the execution's pipes on fds 0, 1, 2 and closes every other fd;
 4. sets the rlimits, then drops privileges like ``setpriv`` does: empty capability bounding
    set, no inheritable/permitted/effective/ambient capabilities, the execution's uid and gid
@@ -36,7 +37,6 @@ from importlib.machinery import SourceFileLoader
 
 import _launcher
 
-_CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
 _PR_SET_DUMPABLE = 4
 _PR_CAPBSET_DROP = 24
@@ -106,9 +106,10 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
     """Everything before user code; returns the path of main.py."""
     stdin_r, stdout_w, stderr_w, code_fd = fds
     os.setsid()
-    _call(libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC), "unshare(mount, ipc)")
+    _call(libc.unshare(_CLONE_NEWIPC), "unshare(ipc)")
     uid = request["uid"]
-    workdir = _launcher.mount_workdir(libc, uid, spec["workdir_mb"], _read_all(code_fd))
+    os.chown(_launcher.INSIDE_WORKDIR, uid, uid)
+    workdir = os.path.dirname(_launcher.write_program(uid, _read_all(code_fd)))
     for target, fd in enumerate((stdin_r, stdout_w, stderr_w)):
         os.dup2(fd, target)
     os.closerange(3, status_fd)
@@ -196,7 +197,7 @@ def warm_up(libc) -> None:
     a fixed one of ours; it imports nothing and prints to the server's standard output
     (``/dev/null``), so programs see the same ``sys.modules`` and a fresh ``__main__``.
     """
-    for name in ("unshare", "mount", "capget", "capset", "prctl"):
+    for name in ("unshare", "capget", "capset", "prctl"):
         getattr(libc, name)
     namespace = {"__name__": "__warm_up__", "__builtins__": builtins}
     exec(compile(_WARM_UP_PROGRAM, "warm_up.py", "exec"), namespace)

@@ -5,7 +5,8 @@ Run by :mod:`reopold_agent.sandbox._warm` as ``python -I -u _forkserver.py SPEC_
 The server (pid 1, "Z") refuses to run anywhere but as pid 1, ignores INT/TERM/HUP (the
 kernel already drops other signals sent to a namespace init from inside), makes itself
 non-dumpable (no ptrace, no /proc/1/mem or fd access for the program), makes every mount
-read-only, hides ``hide_paths`` and says ``{"ready": true}`` on the control socket (the fd
+read-only, hides ``hide_paths``, mounts the worker's tmpfs on ``/tmp``, warms up (see
+``_forkchild.warm_up``) and says ``{"ready": true}`` on the control socket (the fd
 ``ctrl_fd``, a SOCK_SEQPACKET socket shared with the host). Then, per request
 ``{"rid": n, "uid": u}`` carrying the fds stdin-read, stdout-write, stderr-write and a memfd
 with the code:
@@ -16,10 +17,13 @@ with the code:
 * S forks the program (``_forkchild.run_child``), waits for it to end or for
   ``{"kill": n}`` from the host (wall timeout, output limit), then kills every other process
   of the pid namespace (``kill(-1, SIGKILL)`` spares only pid 1 and the caller), reaps them
-  all until none is left, and only then sends one line
-  ``{"rid": n, "wait_status": .., "cpu_s": ..}`` (or ``{"rid": n, "setup_error": ..}``);
-* after S exits, Z kills and reaps again (a no-op unless S died) and reports a failure for
-  the request if S died without answering.
+  all until none is left, empties ``/tmp`` (``_launcher.empty_workdir``), and only then
+  sends one line ``{"rid": n, "wait_status": .., "cpu_s": ..}`` (or
+  ``{"rid": n, "setup_error": ..}``), with ``"retire_worker": true`` if ``/tmp`` could not
+  be emptied;
+* after S exits, Z kills and reaps again (a no-op unless S died) and, if S died without
+  answering, reports a failure for the request and retires the worker (``/tmp`` may hold
+  something of the execution).
 
 End of file on the control socket (the host closed it or died) makes S kill everything and
 Z exit, which takes the whole namespace down.
@@ -99,15 +103,20 @@ def _supervise(spec: dict, ctrl: socket.socket, request: dict, fds: list, libc) 
         os.close(fd)
     status, cpu_s = _wait_program(ctrl, pid, rid)
     kill_all()
+    try:
+        _launcher.empty_workdir()
+        retire = {}
+    except OSError:  # /tmp may still hold something of this execution: no next one here
+        retire = {"retire_worker": True}
     os.set_blocking(status_r, False)
     try:
         problem = os.read(status_r, 65536)
     except BlockingIOError:
         problem = b""
     if problem:
-        _send(ctrl, {"rid": rid, **json.loads(problem)})
+        _send(ctrl, {"rid": rid, **json.loads(problem), **retire})
     else:
-        _send(ctrl, {"rid": rid, "wait_status": status, "cpu_s": cpu_s})
+        _send(ctrl, {"rid": rid, "wait_status": status, "cpu_s": cpu_s, **retire})
     os._exit(0)
 
 
@@ -133,8 +142,9 @@ def _serve_one(spec: dict, ctrl: socket.socket, libc) -> bool:
         os.close(fd)
     _, status = os.waitpid(pid, 0)
     kill_all()
-    if status != 0:
-        _send(ctrl, {"rid": request["rid"], "setup_error": "the execution's supervisor died"})
+    if status != 0:  # /tmp may not have been emptied
+        _send(ctrl, {"rid": request["rid"], "setup_error": "the execution's supervisor died",
+                     "retire_worker": True})
     return True
 
 
@@ -148,6 +158,7 @@ def _start(spec: dict) -> object:
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
     _launcher.harden_mounts(spec["hide_paths"])
+    _launcher.mount_workdir(libc, 0, spec["workdir_mb"])
     with open("/proc/sys/kernel/cap_last_cap") as f:
         spec["cap_last"] = int(f.read())
     spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)

@@ -79,22 +79,64 @@ def harden_mounts(hide_paths: list) -> None:
                               b"size=4k,nr_inodes=2,mode=0555"), f"mount tmpfs on {path}")
 
 
-def mount_workdir(libc, uid: int, workdir_mb: int, code: bytes) -> str:
-    """Mount a private tmpfs owned by ``uid`` on /tmp, write ``code`` as main.py there."""
+def mount_workdir(libc, uid: int, workdir_mb: int) -> str:
+    """Mount a private size-limited tmpfs owned by ``uid`` on /tmp; return its path."""
     options = f"size={workdir_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
     _check(libc.mount(b"tmpfs", INSIDE_WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                       options.encode()), f"mount tmpfs on {INSIDE_WORKDIR}")
+    return INSIDE_WORKDIR
+
+
+def write_program(uid: int, code: bytes) -> str:
+    """Write ``code`` as /tmp/main.py owned by ``uid``; return its path."""
     path = os.path.join(INSIDE_WORKDIR, "main.py")
     with open(path, "wb") as f:
         f.write(code)
     os.chown(path, uid, uid)
-    return INSIDE_WORKDIR
+    return path
+
+
+def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
+    """Return /tmp to the state :func:`mount_workdir` left it in, for the next program.
+
+    As root, once no process of the execution is left: deletes everything under /tmp
+    (walking with ``chdir`` and names only: no recursion and no fd per level, so neither a
+    deep tree nor odd modes stop it; symbolic links are removed, never followed), then resets
+    what the program could have set on /tmp itself: owner, mode, extended attributes (ACLs
+    included) and times.
+    """
+    os.chdir(workdir)
+    path: list[str] = []  # directories entered below workdir
+    while True:
+        deeper = None
+        with os.scandir(".") as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    deeper = entry.name
+                    break
+                os.unlink(entry.name)
+        if deeper is not None:
+            os.chdir(deeper)
+            path.append(deeper)
+        elif path:
+            os.chdir("..")
+            os.rmdir(path.pop())
+        else:
+            break
+    os.chdir("/")
+    for name in os.listxattr(workdir, follow_symlinks=False):
+        os.removexattr(workdir, name, follow_symlinks=False)
+    os.chown(workdir, 0, 0)
+    os.chmod(workdir, 0o700)
+    os.utime(workdir, ns=(0, 0))
 
 
 def _setup_mounts(spec: dict, code: bytes) -> str:
     """Make the filesystem read-only but for a private tmpfs; return the work directory."""
     harden_mounts(spec["hide_paths"])
-    return mount_workdir(ctypes.CDLL(None, use_errno=True), spec["uid"], spec["workdir_mb"], code)
+    mount_workdir(ctypes.CDLL(None, use_errno=True), spec["uid"], spec["workdir_mb"])
+    write_program(spec["uid"], code)
+    return INSIDE_WORKDIR
 
 
 def key_syscall_filter(machine: str) -> list:

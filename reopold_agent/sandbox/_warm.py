@@ -15,12 +15,16 @@ timeout holds its worker that long).
 
 Isolation, compared with spawning per execution (``local.py``). The server keeps its
 privileges inside its namespaces (like the spawn path's launcher, but for the worker's
-life); the program drops them exactly as there. Per execution: a fresh mount namespace with
-its own tmpfs ``/tmp`` and a fresh IPC namespace (files, SysV and POSIX IPC objects die with
-them), a uid from the pool as root (distinct for concurrent executions), the kernel key
-syscalls denied (seccomp), and every other process of the pid namespace killed and reaped before the result
-is reported. Shared by the executions of one worker: the network namespace (no interface
-up), the read-only mounts, the uts namespace, and with a user namespace the uid (0 inside,
+life); the program drops them exactly as there. Per execution: a fresh IPC namespace (SysV
+and POSIX IPC objects die with it), a uid from the pool as root (distinct for concurrent
+executions), the kernel key syscalls denied (seccomp), every other process of the pid
+namespace killed and reaped, and the worker's tmpfs ``/tmp`` emptied and reset (owner, mode,
+extended attributes, times) before the result is reported; if that fails, or the supervisor
+dies, the worker is retired. Shared by the executions of one worker, one at a time: that
+``/tmp`` (its size limit; no mount is made or torn down per execution, since tearing a mount
+down waits for an RCU grace period, which on a loaded 2-vCPU VM sometimes stalls every
+worker for ~230 ms), the mount namespace (read-only mounts), the network namespace (no
+interface up), the uts namespace, and with a user namespace the uid (0 inside,
 no capabilities; the program could then signal its supervisor, which only fails its own
 execution, and RLIMIT_NPROC also counts the server and supervisor). The server and the
 supervisor are non-dumpable: no ptrace, ``/proc/1/mem``, ``environ`` or ``fd`` access.
@@ -174,6 +178,8 @@ class WarmWorker:
         if not out.status:  # no answer: the worker died or stalled; it takes the blame
             self.healthy = False
             self._kill()
+        elif any(json.loads(line).get("retire_worker") for line in out.status.splitlines()):
+            self.healthy = False  # /tmp could not be emptied: no next execution here
         return out
 
     def _hand_over(self, rid: int, uid: int, fds: list[int]) -> None:

@@ -102,9 +102,7 @@ def test_server_memory_never_holds_code_or_input(warm):
     result = sandbox.run(f"import sys\nx = {secret!r}\nprint(sys.stdin.read())",
                          stdin=secret[::-1])
     assert result.stdout == secret[::-1] + "\n"
-    unshare_pid = sandbox._pool._idle[0].proc.pid
-    with open(f"/proc/{unshare_pid}/task/{unshare_pid}/children") as f:
-        server = int(f.read().split()[0])
+    server = _server_pid(sandbox)
     needles = (secret.encode(), secret[::-1].encode())
     with open(f"/proc/{server}/maps") as maps, open(f"/proc/{server}/mem", "rb", 0) as mem:
         for line in maps:
@@ -154,6 +152,13 @@ def test_more_callers_than_workers_wait_for_one(warm):
 
 def _worker_pid(sandbox: LocalSandbox) -> int:
     return sandbox._pool._idle[0].proc.pid
+
+
+def _server_pid(sandbox: LocalSandbox) -> int:
+    """The fork server: the only child of the idle worker's ``unshare``."""
+    unshare = _worker_pid(sandbox)
+    with open(f"/proc/{unshare}/task/{unshare}/children") as f:
+        return int(f.read().split()[0])
 
 
 def test_worker_killed_while_idle_is_replaced(warm):
@@ -210,3 +215,90 @@ def test_the_servers_warm_up_leaves_programs_a_fresh_start(warm):
     code = ("import builtins, sys\nprint(__name__, sorted(k for k in sys.modules if 'warm' in k),"
             " 'numbers' in dir(builtins), 'numbers' in globals())")
     assert sandbox.run(code).stdout == "__main__ [] False False\n"
+
+
+_LITTER = """\
+import os
+os.chmod(".", 0o777)
+os.utime(".", (123456789, 123456789))
+try:
+    os.setxattr(".", "user.reopold", b"planted")
+except OSError:
+    pass
+os.makedirs("closed/inner")
+open("closed/inner/secret.txt", "w").write("secret")
+os.chmod("closed/inner", 0)
+os.chmod("closed", 0)
+os.symlink("/etc", "to_etc")
+os.mkfifo("fifo")
+os.mkdir("deep")
+os.chdir("deep")
+for _ in range(300):  # deeper than any path or recursion limit would allow at once
+    os.mkdir("d")
+    os.chdir("d")
+open("bottom.txt", "w").write("secret")
+print("littered")
+"""
+
+_INSPECT = """\
+import os
+st = os.stat(".")
+print(sorted(os.listdir(".")), oct(st.st_mode & 0o7777), st.st_uid == os.getuid())
+print(os.listxattr("."), int(st.st_mtime) != 123456789)
+"""
+
+
+def test_the_work_directory_is_emptied_between_executions(warm):
+    """Executions of a worker share its tmpfs /tmp: the supervisor empties and resets it."""
+    sandbox = warm()
+    seed = sandbox.run(SEED).stdout
+    assert sandbox.run(_LITTER).stdout == "littered\n"
+    looked = sandbox.run(_INSPECT)
+    assert looked.stdout.splitlines() == ["['main.py'] 0o700 True", "[] True"], looked.stderr
+    assert os.path.isdir("/etc")  # the symbolic link was removed, not followed
+    _same_worker(sandbox, seed)
+
+
+def test_empty_workdir_removes_any_tree_without_following_links(tmp_path):
+    from reopold_agent.sandbox import _launcher
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    work = tmp_path / "work"
+    (work / "a" / "b").mkdir(parents=True)
+    (work / "a" / "b" / "f").write_text("x")
+    (work / "a" / "b").chmod(0)
+    (work / "link").symlink_to(outside)
+    (work / "dirlink").symlink_to(tmp_path)
+    deep = work / "deep"
+    deep.mkdir()
+    here = os.getcwd()
+    try:
+        os.chdir(deep)
+        for _ in range(200):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(here)
+    _launcher.empty_workdir(str(work))
+    os.chdir(here)
+    assert list(work.iterdir()) == [] and outside.read_text() == "keep"
+    assert oct(work.stat().st_mode & 0o7777) == "0o700"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="killing the supervisor from outside needs root")
+def test_a_worker_whose_supervisor_died_is_retired(warm):
+    """If /tmp may not have been emptied, the worker serves no further execution."""
+    sandbox = warm()
+    seed = sandbox.run(SEED).stdout
+    server = _server_pid(sandbox)
+
+    def kill_supervisor() -> None:
+        with open(f"/proc/{server}/task/{server}/children") as f:
+            for pid in f.read().split():
+                os.kill(int(pid), signal.SIGKILL)
+
+    threading.Timer(0.5, kill_supervisor).start()
+    result = sandbox.run("import time\nprint('started')\ntime.sleep(30)", timeout_s=10)
+    assert result.exit_code is None and "supervisor died" in result.stderr
+    assert sandbox.run(SEED).stdout != seed  # a new worker
