@@ -1,7 +1,8 @@
 """Per-step time split, tokens per second and peak memory of a training preset (CPU or GPU).
 
 Runs ``reopold-agent train`` in-process for a few steps without evaluation, then prints medians
-over the steps (the first step is reported apart: it includes warm-up):
+and means over the steps (the first step is reported apart: it includes warm-up; a mean
+above the median means some steps stalled):
 
     python benchmarks/train_step_profile.py --task tool_math --steps 8 [--set key=value ...]
 
@@ -41,11 +42,12 @@ def main() -> None:
         rows = [r for r in read_metrics(out) if "time/step_s" in r]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first, rest = rows[0], rows[1:] or rows
-    print(f"{'metric':34s} {'median':>10s} {'first step':>11s}")
+    print(f"{'metric':34s} {'median':>10s} {'mean':>10s} {'first step':>11s}")
     for key in KEYS:
         values = [r[key] for r in rest if key in r]
         if values:
-            print(f"{key:34s} {statistics.median(values):10.3f} {first.get(key, float('nan')):11.3f}")
+            print(f"{key:34s} {statistics.median(values):10.3f} {statistics.mean(values):10.3f} "
+                  f"{first.get(key, float('nan')):11.3f}")
     for label, keys in (("environments / rollout", ("time/rollout_env_s",)),
                         ("templating / rollout", ("time/rollout_template_s",)),
                         ("outside the models / rollout", ("time/rollout_env_s", "time/rollout_template_s"))):
