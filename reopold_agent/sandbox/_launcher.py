@@ -106,7 +106,7 @@ def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
     included) and times.
     """
     os.chdir(workdir)
-    path: list[str] = []  # directories entered below workdir
+    path = []  # directories entered below workdir
     while True:
         deeper = None
         with os.scandir(".") as entries:
@@ -168,7 +168,7 @@ def key_syscall_filter(machine: str) -> list:
     return program + [(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), deny]
 
 
-def block_key_syscalls(libc, program: list | None = None) -> None:
+def block_key_syscalls(libc, program=None) -> None:
     """Set ``no_new_privs`` and install :func:`key_syscall_filter` (inherited by children
     and across ``exec``; it cannot be removed).
 
