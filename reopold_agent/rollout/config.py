@@ -35,6 +35,10 @@ class RolloutConfig:
     almost together, so they share the next generation batch (0 = continue at once). Larger
     values mean fuller generation batches but more latency per turn; a slow tool never delays
     other episodes by more than this."""
+    tool_batch_gap_s: float | None = None
+    """Within that wait, stop as soon as no further step has finished for this long (None: no
+    such stop). With a long ``tool_batch_wait_s`` it lets a burst of tool calls that finish one
+    after another share one batch, while a slow tool delays the others by at most this gap."""
     torch_threads: int | None = None
     """CPU only: torch threads while the student generates (None = as ``train.torch_threads``).
     A small model's decode steps are short ops; while tools run on the same cores, one thread
@@ -61,5 +65,7 @@ class RolloutConfig:
             raise ValueError(f"rollout.torch_threads must be >= 1 or null, got {self.torch_threads}")
         if not self.tool_batch_wait_s >= 0:
             raise ValueError(f"rollout.tool_batch_wait_s must be >= 0, got {self.tool_batch_wait_s}")
+        if self.tool_batch_gap_s is not None and not self.tool_batch_gap_s > 0:
+            raise ValueError(f"rollout.tool_batch_gap_s must be > 0 or null, got {self.tool_batch_gap_s}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")

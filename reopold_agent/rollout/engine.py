@@ -4,7 +4,8 @@ Episodes do not move in lockstep. Every episode whose previous tool results are 
 generates its next turn in one batched backend call (stopping at ``</tool_call>`` or end of
 turn); right after, each episode's ``env.step`` is submitted to a thread pool as its own future.
 The engine then waits for the first step to finish, plus up to ``rollout.tool_batch_wait_s`` for
-steps finishing almost together, appends those tool messages (templated token ids, loss mask 0)
+steps finishing almost together (stopping early once none has finished for
+``rollout.tool_batch_gap_s``), appends those tool messages (templated token ids, loss mask 0)
 and generates again for the episodes that are ready. A slow or hanging tool therefore delays
 only its own episode, bounded by that tool's own timeout, never the whole batch. Sampled ids are
 never re-tokenised.
@@ -193,8 +194,16 @@ class RolloutEngine:
             return []
         start = time.perf_counter()
         done, rest = wait(pending, return_when=FIRST_COMPLETED)
-        if rest and self.config.tool_batch_wait_s > 0:
-            done |= wait(rest, timeout=self.config.tool_batch_wait_s).done
+        gap = self.config.tool_batch_gap_s
+        until = time.perf_counter() + self.config.tool_batch_wait_s
+        while rest and (left := until - time.perf_counter()) > 0:
+            if gap is None:
+                more, rest = wait(rest, timeout=left)
+            else:
+                more, rest = wait(rest, timeout=min(gap, left), return_when=FIRST_COMPLETED)
+            done |= more
+            if not more:
+                break
         self.timings["env_s"] += time.perf_counter() - start
         return sorted(((pending.pop(f), f.result()) for f in done), key=lambda pair: pair[0].index)
 

@@ -130,6 +130,22 @@ def test_a_slow_tool_delays_only_its_own_episode():
     assert backend.batches[0] == list(range(8)) and backend.batches[-3:] == [[0], [0], [0]]
 
 
+def test_a_long_straggler_wait_ends_at_the_first_quiet_gap():
+    """A long wait gathers tool calls finishing one after another, but a slow one holds the
+    others back only for the gap; without a gap they wait for it."""
+    bursty = {e: (0.05 * e,) for e in range(1, 8)}  # a call every 50 ms after the first
+    config = dict(max_turn_tokens=96, max_episode_tokens=1024, tool_batch_wait_s=10.0)
+    trajs, envs, backend, _, wall, start = play(
+        THREE_CALLS, delays={0: (SLOW_S,), **bursty}, config=RolloutConfig(**config, tool_batch_gap_s=0.2))
+    assert all(t.end_reason == "answered" for t in trajs)
+    assert backend.batches[1] == list(range(1, 8))  # the burst shared a batch, without the slow one
+    assert max(env.finished_at - start for env in envs[1:]) < 0.5 * SLOW_S <= SLOW_S <= wall
+    _, envs, backend, *_, start = play(THREE_CALLS, delays={0: (SLOW_S,), **bursty},
+                                       config=RolloutConfig(**config))
+    assert backend.batches[1] == list(range(8))  # no gap: everyone waited for the slow call
+    assert min(env.finished_at - start for env in envs[1:]) >= SLOW_S
+
+
 def test_slow_tools_of_different_turns_overlap_instead_of_adding_up():
     """Episode k is slow on its turn k: lockstep would take 3 slow calls, here about one."""
     slow = 1.0
@@ -230,5 +246,7 @@ def test_with_the_real_sampler_an_episode_is_the_same_alone_or_in_a_batch():
 def test_negative_straggler_wait_and_zero_generation_threads_are_rejected():
     with pytest.raises(ValueError, match="tool_batch_wait_s"):
         RolloutConfig(tool_batch_wait_s=-1.0)
+    with pytest.raises(ValueError, match="tool_batch_gap_s"):
+        RolloutConfig(tool_batch_gap_s=0.0)
     with pytest.raises(ValueError, match="rollout.torch_threads"):
         RolloutConfig(torch_threads=0)
