@@ -16,8 +16,10 @@ messages and taking the difference, so it depends only on the template, not on t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+_PROMPT_CACHE_SIZE = 4096
 _PROBE = [
     {"role": "system", "content": "S"},
     {"role": "user", "content": "U"},
@@ -44,11 +46,27 @@ class ChatTemplater:
         self.assistant_closer = probe_text[probe_text.index(marker) + len(marker):]
         """Text the template puts after an assistant message's content (e.g. ``<|im_end|>\\n``)."""
         self._probe_text = probe_text
+        self._prompts: dict[str, list[int]] = {}
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
-        """Token ids of the opening messages followed by the generation prompt."""
-        text = self._render(messages, add_generation_prompt=True, tools=tools if self.render_tools else None)
-        return self.encode(text)
+        """Token ids of the opening messages followed by the generation prompt.
+
+        Text-only prompts are remembered (the G rollouts of a prompt share it): a repeat costs a
+        JSON dump instead of a template render and a tokenisation.
+        """
+        tools = tools if self.render_tools else None
+        try:
+            key = json.dumps([messages, tools])  # key order kept: templates may render it
+        except (TypeError, ValueError):  # images or other objects: render every time
+            key = None
+        if key is not None and key in self._prompts:
+            return list(self._prompts[key])
+        ids = self.encode(self._render(messages, add_generation_prompt=True, tools=tools))
+        if key is not None:
+            if len(self._prompts) >= _PROMPT_CACHE_SIZE:
+                self._prompts.clear()
+            self._prompts[key] = list(ids)
+        return ids
 
     def tool_turn_ids(self, generated_text: str, tool_messages: list[dict[str, Any]]) -> list[int]:
         """Ids to append after an assistant turn whose decoded text is ``generated_text``.

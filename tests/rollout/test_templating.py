@@ -29,3 +29,40 @@ def test_two_tool_messages_form_one_user_turn():
     ids = t.tool_turn_ids("x</tool_call>", [{"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}])
     text = tok.decode(ids)
     assert text.count("<|im_start|>user") == 1 and text.count("<tool_response>") == 2
+
+
+class _CountingTokenizer:
+    """Wraps a tokenizer and counts chat-template renders."""
+
+    def __init__(self, tok):
+        self.tok, self.renders = tok, 0
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.renders += 1
+        return self.tok.apply_chat_template(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+
+def test_a_repeated_text_prompt_is_templated_once_and_returned_as_a_fresh_list():
+    tok = _CountingTokenizer(tiny.tokenizer())
+    t = ChatTemplater(tok)
+    conv = tiny.CONVERSATION[:2]
+    first = t.prompt_ids(conv, None)
+    renders = tok.renders
+    first.append(-1)  # the caller owns what it got
+    again = t.prompt_ids([dict(m) for m in conv], None)
+    assert tok.renders == renders and again == first[:-1]
+    other = t.prompt_ids([conv[0], {"role": "user", "content": "another question"}], None)
+    assert tok.renders == renders + 1 and other != again
+    assert again == ChatTemplater(tiny.tokenizer()).prompt_ids(conv, None)
+
+
+def test_a_prompt_that_is_not_json_is_templated_every_time():
+    tok = _CountingTokenizer(tiny.tokenizer())
+    t = ChatTemplater(tok)
+    conv = [dict(tiny.CONVERSATION[0], extra=object()), tiny.CONVERSATION[1]]
+    renders = tok.renders
+    assert t.prompt_ids(conv, None) == t.prompt_ids(conv, None)
+    assert tok.renders == renders + 2
