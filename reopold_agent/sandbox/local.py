@@ -35,9 +35,10 @@ Warm workers (``warm_workers > 0``, the default; isolated only): up to that many
 namespace sets like the one above, whose pid 1 is a fork server; each program is forked from
 its warm interpreter into a fresh IPC namespace, with the worker's ``/tmp`` (emptied after
 every execution), the same rlimits and the same privilege drop (as root: a pool uid per
-execution). Every process of an execution is killed before its result is reported. What executions of one worker share, and
-what forking without ``exec`` means for a program: see ``_warm.py``. If the warm self-test
-fails, the sandbox logs a warning and spawns per execution (``warm`` is then False).
+execution). Every process of an execution is killed before its result is reported. What
+executions of one worker share, and what forking without ``exec`` means for a program: see
+``_warm.py``. If the warm self-test fails, the sandbox logs a warning and spawns per
+execution (``warm`` is then False).
 """
 
 from __future__ import annotations
