@@ -108,8 +108,7 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
     os.setsid()
     _call(libc.unshare(_CLONE_NEWIPC), "unshare(ipc)")
     uid = request["uid"]
-    os.chown(_launcher.INSIDE_WORKDIR, uid, uid)
-    workdir = os.path.dirname(_launcher.write_program(uid, _read_all(code_fd)))
+    workdir = _launcher.write_program(uid, _read_all(code_fd))
     for target, fd in enumerate((stdin_r, stdout_w, stderr_w)):
         os.dup2(fd, target)
     os.closerange(3, status_fd)

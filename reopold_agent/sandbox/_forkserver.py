@@ -158,7 +158,7 @@ def _start(spec: dict) -> object:
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
     _launcher.harden_mounts(spec["hide_paths"])
-    _launcher.mount_workdir(libc, 0, spec["workdir_mb"])
+    _launcher.mount_workdir(libc, spec["workdir_mb"])
     with open("/proc/sys/kernel/cap_last_cap") as f:
         spec["cap_last"] = int(f.read())
     spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)

@@ -79,21 +79,21 @@ def harden_mounts(hide_paths: list) -> None:
                               b"size=4k,nr_inodes=2,mode=0555"), f"mount tmpfs on {path}")
 
 
-def mount_workdir(libc, uid: int, workdir_mb: int) -> str:
-    """Mount a private size-limited tmpfs owned by ``uid`` on /tmp; return its path."""
-    options = f"size={workdir_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
+def mount_workdir(libc, workdir_mb: int) -> None:
+    """Mount a private size-limited tmpfs on /tmp (mode 0700, root's until a program's)."""
+    options = f"size={workdir_mb}m,nr_inodes=4096,mode=0700"
     _check(libc.mount(b"tmpfs", INSIDE_WORKDIR.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                       options.encode()), f"mount tmpfs on {INSIDE_WORKDIR}")
-    return INSIDE_WORKDIR
 
 
 def write_program(uid: int, code: bytes) -> str:
-    """Write ``code`` as /tmp/main.py owned by ``uid``; return its path."""
+    """Give /tmp to ``uid`` and write ``code`` there as main.py; return /tmp."""
+    os.chown(INSIDE_WORKDIR, uid, uid)
     path = os.path.join(INSIDE_WORKDIR, "main.py")
     with open(path, "wb") as f:
         f.write(code)
     os.chown(path, uid, uid)
-    return path
+    return INSIDE_WORKDIR
 
 
 def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
@@ -134,9 +134,8 @@ def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
 def _setup_mounts(spec: dict, code: bytes) -> str:
     """Make the filesystem read-only but for a private tmpfs; return the work directory."""
     harden_mounts(spec["hide_paths"])
-    mount_workdir(ctypes.CDLL(None, use_errno=True), spec["uid"], spec["workdir_mb"])
-    write_program(spec["uid"], code)
-    return INSIDE_WORKDIR
+    mount_workdir(ctypes.CDLL(None, use_errno=True), spec["workdir_mb"])
+    return write_program(spec["uid"], code)
 
 
 def key_syscall_filter(machine: str) -> list:

@@ -26,8 +26,9 @@ down waits for an RCU grace period, which on a loaded 2-vCPU VM sometimes stalls
 worker for ~230 ms), the mount namespace (read-only mounts), the network namespace (no
 interface up), the uts namespace, and with a user namespace the uid (0 inside,
 no capabilities; the program could then signal its supervisor, which only fails its own
-execution and retires the worker, and RLIMIT_NPROC also counts the server and supervisor). The server and the
-supervisor are non-dumpable: no ptrace, ``/proc/1/mem``, ``environ`` or ``fd`` access.
+execution and retires the worker, and RLIMIT_NPROC also counts the server and supervisor).
+The server and the supervisor are non-dumpable: no ptrace, ``/proc/1/mem``, ``environ`` or
+``fd`` access.
 
 Forking without ``exec`` (the source of the speed) means, for a program:
 
