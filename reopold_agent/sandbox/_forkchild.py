@@ -1,12 +1,12 @@
 """One execution of a warm worker: the forked child that becomes the program; stdlib only.
 
-Imported by ``_forkserver.py`` (never by the host). The supervisor forks this child from the
-server's pristine interpreter; it never calls ``exec``. Before any user code runs, it:
+Imported by ``_forkserver.py`` (never by the host). The server forks this child from its
+pristine interpreter; it never calls ``exec``. Before any user code runs, it:
 
 1. starts its own session (so ``kill(0, ...)`` reaches only its own process group);
 2. enters a fresh IPC namespace (SysV and POSIX IPC objects of an execution vanish with it
-   when its last process dies), gives the worker's tmpfs ``/tmp`` (empty: the supervisor of
-   the previous execution emptied it, see ``_launcher.empty_workdir``) to the execution's uid
+   when its last process dies), gives the worker's tmpfs ``/tmp`` (empty: the server emptied
+   it after the previous execution, see ``_launcher.reset_workdir``) to the execution's uid
    and writes the program there as ``main.py``;
 3. puts the execution's pipes on fds 0, 1, 2 and closes every other fd;
 4. sets the rlimits, then drops privileges like ``setpriv`` does: empty capability bounding
@@ -196,7 +196,7 @@ def warm_up(libc) -> None:
     a fixed one of ours; it imports nothing and prints to the server's standard output
     (``/dev/null``), so programs see the same ``sys.modules`` and a fresh ``__main__``.
     """
-    for name in ("unshare", "capget", "capset", "prctl"):
+    for name in ("unshare", "capget", "capset", "prctl", "llistxattr"):
         getattr(libc, name)
     namespace = {"__name__": "__warm_up__", "__builtins__": builtins}
     exec(compile(_WARM_UP_PROGRAM, "warm_up.py", "exec"), namespace)

@@ -9,24 +9,29 @@ read-only, hides ``hide_paths``, mounts the worker's tmpfs on ``/tmp``, warms up
 ``_forkchild.warm_up``) and says ``{"ready": true}`` on the control socket (the fd
 ``ctrl_fd``, a SOCK_SEQPACKET socket shared with the host). Then, per request
 ``{"rid": n, "uid": u}`` carrying the fds stdin-read, stdout-write, stderr-write and a memfd
-with the code:
+with the code, Z:
 
-* Z forks a supervisor "S" (a child subreaper) and waits for it; Z itself never reads a
-  program, its input, its output or its result, so the pristine interpreter the programs
-  are forked from holds nothing of earlier executions;
-* S forks the program (``_forkchild.run_child``), waits for it to end or for
-  ``{"kill": n}`` from the host (wall timeout, output limit), then kills every other process
-  of the pid namespace (``kill(-1, SIGKILL)`` spares only pid 1 and the caller), reaps them
-  all until none is left, empties ``/tmp`` (``_launcher.empty_workdir``), and only then
-  sends one line ``{"rid": n, "wait_status": .., "cpu_s": ..}`` (or
-  ``{"rid": n, "setup_error": ..}``), with ``"retire_worker": true`` if ``/tmp`` could not
-  be emptied;
-* after S exits, Z kills and reaps again (a no-op unless S died) and, if S died without
-  answering, reports a failure for the request and retires the worker (``/tmp`` may hold
-  something of the execution).
+* forks the program (``_forkchild.run_child``) and waits for it to end or for
+  ``{"kill": n}`` from the host (wall timeout, output limit);
+* kills every other process of the pid namespace (``kill(-1, SIGKILL)`` from pid 1 spares
+  only pid 1) and reaps them all until none is left;
+* empties ``/tmp`` (``_launcher.reset_workdir``: a program that left nothing but
+  ``main.py`` costs an unlink and a reset; anything else is removed by a short-lived forked
+  helper, so Z never reads a name the program chose);
+* only then sends one line ``{"rid": n, "wait_status": .., "cpu_s": ..}`` (or
+  ``{"rid": n, "setup_error": ..}``), with ``"retire_worker": true`` if ``/tmp`` could not be
+  emptied.
 
-End of file on the control socket (the host closed it or died) makes S kill everything and
-Z exit, which takes the whole namespace down.
+Z never reads a program, its input, its output or a name it left (all travel as fds between
+the host and the program), so the interpreter the programs are forked from holds nothing of
+earlier executions but request numbers, uids and exit statuses. As pid 1 it cannot be
+signalled from inside the namespace (it installs no signal handler, so the kernel drops
+them), not even by a program with its uid (user-namespace mode). One fork per execution:
+an earlier design forked a supervisor per execution that forked the program, which cost a
+third of the CPU of a short execution (a second fork, exit and copy-on-write faults).
+
+End of file on the control socket (the host closed it or died) makes Z kill everything and
+exit, which takes the whole namespace down.
 """
 
 import ctypes
@@ -44,7 +49,6 @@ import _launcher  # noqa: E402
 del sys.path[0]  # programs see the sys.path of ``python -I main.py``
 
 _PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
 _MAX_MESSAGE = 4096
 _REQUEST_FDS = 4
 
@@ -84,40 +88,16 @@ def _wait_program(ctrl: socket.socket, pid: int, rid: int) -> tuple:
             if not message:  # the host is gone: nothing to report to
                 kill_all()
                 os._exit(0)
-            if json.loads(message).get("kill") == rid:
+            if _is_kill(message, rid):
                 os.kill(-1, signal.SIGKILL)  # the program and all of its descendants
 
 
-def _supervise(spec: dict, ctrl: socket.socket, request: dict, fds: list, libc) -> None:
-    """Run one request as S. Never returns."""
-    rid = request["rid"]
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    status_r, status_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(status_r)
-        ctrl.detach()  # closed by the child's fd sweep; the object must not own it
-        _forkchild.run_child(spec, request, fds, status_w, libc)
-    os.close(status_w)
-    for fd in fds:
-        os.close(fd)
-    status, cpu_s = _wait_program(ctrl, pid, rid)
-    kill_all()
+def _is_kill(message: bytes, rid: int) -> bool:
     try:
-        _launcher.empty_workdir()
-        retire = {}
-    except OSError:  # /tmp may still hold something of this execution: no next one here
-        retire = {"retire_worker": True}
-    os.set_blocking(status_r, False)
-    try:
-        problem = os.read(status_r, 65536)
-    except BlockingIOError:
-        problem = b""
-    if problem:
-        _send(ctrl, {"rid": rid, **json.loads(problem), **retire})
-    else:
-        _send(ctrl, {"rid": rid, "wait_status": status, "cpu_s": cpu_s, **retire})
-    os._exit(0)
+        request = json.loads(message)
+    except ValueError:
+        return False
+    return isinstance(request, dict) and request.get("kill") == rid
 
 
 def _serve_one(spec: dict, ctrl: socket.socket, libc) -> bool:
@@ -135,16 +115,30 @@ def _serve_one(spec: dict, ctrl: socket.socket, libc) -> bool:
         for fd in fds:
             os.close(fd)
         return True
+    rid = request["rid"]
+    status_r, status_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _supervise(spec, ctrl, request, fds, libc)
+        os.close(status_r)
+        ctrl.detach()  # closed by the child's fd sweep; the object must not own it
+        _forkchild.run_child(spec, request, fds, status_w, libc)
+    os.close(status_w)
     for fd in fds:
         os.close(fd)
-    _, status = os.waitpid(pid, 0)
+    status, cpu_s = _wait_program(ctrl, pid, rid)
     kill_all()
-    if status != 0:  # /tmp may not have been emptied
-        _send(ctrl, {"rid": request["rid"], "setup_error": "the execution's supervisor died",
-                     "retire_worker": True})
+    emptied = _launcher.reset_workdir(libc, spec["empty_size"])
+    os.set_blocking(status_r, False)
+    try:
+        problem = os.read(status_r, 65536)
+    except BlockingIOError:
+        problem = b""
+    os.close(status_r)
+    if problem:
+        reply = {"rid": rid, **json.loads(problem)}
+    else:
+        reply = {"rid": rid, "wait_status": status, "cpu_s": cpu_s}
+    _send(ctrl, reply if emptied else {**reply, "retire_worker": True})
     return True
 
 
@@ -159,6 +153,7 @@ def _start(spec: dict) -> object:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
     _launcher.harden_mounts(spec["hide_paths"])
     _launcher.mount_workdir(libc, spec["workdir_mb"])
+    spec["empty_size"] = _launcher.entry_counting_size()
     with open("/proc/sys/kernel/cap_last_cap") as f:
         spec["cap_last"] = int(f.read())
     spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)

@@ -131,6 +131,61 @@ def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
     os.utime(workdir, ns=(0, 0))
 
 
+def entry_counting_size(workdir: str = INSIDE_WORKDIR) -> "int | None":
+    """The size of ``workdir`` when empty, if its size counts its entries (tmpfs); else None.
+
+    tmpfs gives a directory a size that grows with every entry, so an empty one is known
+    from ``lstat`` alone, without listing it. Checked, not assumed: a probe file must change
+    the size (on disk filesystems it usually does not).
+    """
+    empty = os.lstat(workdir).st_size
+    probe = os.path.join(workdir, ".reopold-size-probe")
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    grown = os.lstat(workdir).st_size
+    os.unlink(probe)
+    return empty if grown != empty and os.lstat(workdir).st_size == empty else None
+
+
+def reset_workdir(libc, empty_size: "int | None", workdir: str = INSIDE_WORKDIR) -> bool:
+    """Return ``workdir`` to its state before a program, without reading a name it chose.
+
+    As root, once no process of the execution is left. Common case, in the caller: unlink
+    ``main.py``; if ``workdir`` is then empty (its size is ``empty_size``, see
+    :func:`entry_counting_size`) and has no extended attribute, reset its owner, mode and
+    times. Otherwise (files left, ``main.py`` replaced by a directory, an xattr, a size that
+    does not count entries) a forked child runs :func:`empty_workdir` and exits, so the
+    names the program chose never enter the caller's memory (a warm worker's server: what
+    it holds, every later program inherits).
+
+    Returns:
+        False if ``workdir`` could not be emptied (the worker must not run another program).
+    """
+    try:
+        os.unlink(os.path.join(workdir, "main.py"))
+    except FileNotFoundError:
+        pass
+    except OSError:
+        empty_size = None
+    try:
+        if empty_size is not None and os.lstat(workdir).st_size == empty_size and \
+                libc.llistxattr(workdir.encode(), None, 0) == 0:
+            os.chown(workdir, 0, 0)
+            os.chmod(workdir, 0o700)
+            os.utime(workdir, ns=(0, 0))
+            return True
+    except OSError:
+        pass
+    pid = os.fork()
+    if pid == 0:
+        try:
+            empty_workdir(workdir)
+        except BaseException:  # noqa: BLE001 - the exit status tells the caller
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return status == 0
+
+
 def _setup_mounts(spec: dict, code: bytes) -> str:
     """Make the filesystem read-only but for a private tmpfs; return the work directory."""
     harden_mounts(spec["hide_paths"])

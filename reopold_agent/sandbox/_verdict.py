@@ -133,7 +133,7 @@ def probe_failure(result: SandboxResult, *, expect_root_inside: bool,
         result: the outcome of running :data:`PROBE_CODE` isolated.
         expect_root_inside: True with a user namespace (the program is uid 0 there, with no
             capabilities), False when root drops to an unprivileged uid.
-        warm: the probe ran on a warm worker (its server and supervisor are pids 1 and 2).
+        warm: the probe ran on a warm worker (its server is pid 1).
     """
     if not result.ok:
         tail = (result.stderr.strip() or result.stdout.strip())[-800:]
@@ -146,8 +146,8 @@ def probe_failure(result: SandboxResult, *, expect_root_inside: bool,
     except ValueError:
         return f"the isolated probe printed {result.stdout[:200]!r}"
     checks = {
-        "pid namespace (only the probe and its parents)": seen["procs"] <= 3 and (
-            seen["pid"] > 2 if warm else seen["pid"] == 2),
+        "pid namespace (only the probe and its parent)": seen["procs"] <= 2 and (
+            seen["pid"] >= 2 if warm else seen["pid"] == 2),
         "private work directory": seen["cwd"] == "/tmp",
         "network namespace (only 'lo')": seen["ifaces"] in (["lo"], []),
         "read-only root filesystem": seen["root_ro"],

@@ -19,16 +19,15 @@ life); the program drops them exactly as there. Per execution: a fresh IPC names
 and POSIX IPC objects die with it), a uid from the pool as root (distinct for concurrent
 executions), the kernel key syscalls denied (seccomp), every other process of the pid
 namespace killed and reaped, and the worker's tmpfs ``/tmp`` emptied and reset (owner, mode,
-extended attributes, times) before the result is reported; if that fails, or the supervisor
-dies, the worker is retired. Shared by the executions of one worker, one at a time: that
+extended attributes, times) before the result is reported; if that fails, the worker is
+retired. Shared by the executions of one worker, one at a time: that
 ``/tmp`` (its size limit; no mount is made or torn down per execution, since tearing a mount
 down waits for an RCU grace period, which on a loaded 2-vCPU VM sometimes stalls every
 worker for ~230 ms), the mount namespace (read-only mounts), the network namespace (no
 interface up), the uts namespace, and with a user namespace the uid (0 inside,
-no capabilities; the program could then signal its supervisor, which only fails its own
-execution and retires the worker, and RLIMIT_NPROC also counts the server and supervisor).
-The server and the supervisor are non-dumpable: no ptrace, ``/proc/1/mem``, ``environ`` or
-``fd`` access.
+no capabilities; RLIMIT_NPROC then also counts the server, and the program cannot signal
+it: the kernel drops signals to a namespace's pid 1 from inside unless it has a handler).
+The server is non-dumpable: no ptrace, ``/proc/1/mem``, ``environ`` or ``fd`` access.
 
 Forking without ``exec`` (the source of the speed) means, for a program:
 
@@ -40,9 +39,10 @@ Forking without ``exec`` (the source of the speed) means, for a program:
 * every program of a worker sees the same str hash seed and address-space layout
   (``random`` is not imported by the server, so its seed is fresh per program);
 * objects are not finalized at exit (``atexit`` handlers and non-daemon threads do run);
-* the server never reads a program, its input, output or result (they travel as fds
-  between the host and the program; results go through the short-lived supervisor), so the
-  memory a program inherits holds nothing of earlier executions.
+* the server never reads a program, its input or output (they travel as fds between the
+  host and the program) nor a name it left in ``/tmp`` (a short-lived helper removes
+  those), so the memory a program inherits holds nothing of earlier executions but
+  request numbers, uids and exit statuses.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ class LocalSandbox(Sandbox):
 
     def _new_worker(self) -> WarmWorker:
         spec = {"hide_paths": list(self.config.hide_paths), "workdir_mb": self.config.workdir_mb,
-                "rlimits": self._rlimits(True, warm=True),
+                "rlimits": self._rlimits(True),
                 "user_namespace": self.user_namespace}
         server = str(Path(__file__).with_name("_forkserver.py"))
         return WarmWorker([*self._namespaces(), self.python, "-I", "-u", server], spec,
@@ -239,11 +239,11 @@ class LocalSandbox(Sandbox):
             return self._execute_warm(pool, code, stdin, float(timeout))
         return self._execute(code, stdin, float(timeout), isolate=self.isolated)
 
-    def _rlimits(self, isolate: bool, warm: bool = False) -> dict[str, tuple[int, int]]:
+    def _rlimits(self, isolate: bool) -> dict[str, tuple[int, int]]:
         cfg = self.config
-        # In a user namespace the launcher (pid 1) has the program's uid: leave it one slot;
-        # a warm worker's server and supervisor: two.
-        extra = (2 if warm else 1) if isolate and self.user_namespace else 0
+        # In a user namespace pid 1 (the launcher, or a warm worker's server) has the
+        # program's uid: leave it one slot.
+        extra = 1 if isolate and self.user_namespace else 0
         nproc = cfg.max_processes + extra
         return {
             "RLIMIT_CPU": (cfg.cpu_time_s, cfg.cpu_time_s + 1),

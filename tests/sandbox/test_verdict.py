@@ -85,11 +85,13 @@ def test_probe_failure_checks_each_property():
 
 
 def test_probe_failure_of_a_warm_worker():
-    assert probe_failure(_probe_result(pid=9, procs=3), expect_root_inside=False,
+    assert probe_failure(_probe_result(pid=9, procs=2), expect_root_inside=False,
                          warm=True) is None
+    assert "pid namespace" in probe_failure(_probe_result(pid=9, procs=3),  # one process too many
+                                            expect_root_inside=False, warm=True)
     assert "pid namespace" in probe_failure(_probe_result(pid=9, procs=40),
                                             expect_root_inside=False, warm=True)
     assert "pid namespace" in probe_failure(_probe_result(pid=1, procs=1),
                                             expect_root_inside=False, warm=True)
-    assert "work directory" in probe_failure(_probe_result(pid=9, procs=3, cwd="/"),
+    assert "work directory" in probe_failure(_probe_result(pid=9, procs=2, cwd="/"),
                                              expect_root_inside=False, warm=True)

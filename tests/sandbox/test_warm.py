@@ -200,7 +200,7 @@ def test_timeout_kills_the_tree_and_keeps_the_worker(warm):
     assert result.limit is SandboxLimit.WALL_TIMEOUT and result.stdout == "x\n" * 4
     assert result.duration_s < 3.0
     assert sandbox.run("import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))"
-                       ).stdout == "3\n"  # server, supervisor, program
+                       ).stdout == "2\n"  # server, program
     _same_worker(sandbox, seed)
 
 
@@ -249,7 +249,7 @@ print(os.listxattr("."), int(st.st_mtime) != 123456789)
 
 
 def test_the_work_directory_is_emptied_between_executions(warm):
-    """Executions of a worker share its tmpfs /tmp: the supervisor empties and resets it."""
+    """Executions of a worker share its tmpfs /tmp: the server empties and resets it."""
     sandbox = warm()
     seed = sandbox.run(SEED).stdout
     assert sandbox.run(_LITTER).stdout == "littered\n"
@@ -286,19 +286,122 @@ def test_empty_workdir_removes_any_tree_without_following_links(tmp_path):
     assert oct(work.stat().st_mode & 0o7777) == "0o700"
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="killing the supervisor from outside needs root")
-def test_a_worker_whose_supervisor_died_is_retired(warm):
-    """If /tmp may not have been emptied, the worker serves no further execution."""
+_TOUCH = """\
+import os
+os.chmod(".", 0o777)
+os.utime(".", (123456789, 123456789))
+os.unlink("main.py")
+print("touched")
+"""
+
+
+def test_the_work_directory_is_reset_when_the_program_left_no_file(warm):
+    """The server's fast path (no helper): /tmp's owner, mode and times are reset too."""
     sandbox = warm()
     seed = sandbox.run(SEED).stdout
-    server = _server_pid(sandbox)
+    assert sandbox.run(_TOUCH).stdout == "touched\n"
+    looked = sandbox.run(_INSPECT)
+    assert looked.stdout.splitlines() == ["['main.py'] 0o700 True", "[] True"], looked.stderr
+    _same_worker(sandbox, seed)
 
-    def kill_supervisor() -> None:
-        with open(f"/proc/{server}/task/{server}/children") as f:
-            for pid in f.read().split():
-                os.kill(int(pid), signal.SIGKILL)
 
-    threading.Timer(0.5, kill_supervisor).start()
-    result = sandbox.run("import time\nprint('started')\ntime.sleep(30)", timeout_s=10)
-    assert result.exit_code is None and "supervisor died" in result.stderr
+@pytest.fixture
+def tmpfs_dir():
+    """A fresh directory on /dev/shm (a tmpfs: directory sizes count entries), or skip."""
+    import shutil
+    import tempfile
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    work = tempfile.mkdtemp(dir="/dev/shm")
+    yield work
+    shutil.rmtree(work)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="resets the owner to root")
+def test_reset_workdir_forks_a_helper_only_when_more_than_main_py_is_left(tmpfs_dir, monkeypatch):
+    import ctypes
+
+    from reopold_agent.sandbox import _launcher
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    empty_size = _launcher.entry_counting_size(tmpfs_dir)
+    if empty_size is None:
+        pytest.skip("/dev/shm is not a tmpfs")
+    main_py = os.path.join(tmpfs_dir, "main.py")
+    open(main_py, "w").close()
+    os.chmod(tmpfs_dir, 0o777)
+
+    def no_fork() -> int:
+        raise AssertionError("forked a helper for a work directory holding only main.py")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fork", no_fork)
+        assert _launcher.reset_workdir(libc, empty_size, tmpfs_dir)
+    assert os.listdir(tmpfs_dir) == [] and oct(os.stat(tmpfs_dir).st_mode & 0o7777) == "0o700"
+    assert os.stat(tmpfs_dir).st_mtime == 0
+    open(main_py, "w").close()
+    open(os.path.join(tmpfs_dir, "left.txt"), "w").close()
+    assert _launcher.reset_workdir(libc, empty_size, tmpfs_dir)  # the helper removes it
+    assert os.listdir(tmpfs_dir) == []
+    os.makedirs(os.path.join(main_py, "inner"))  # main.py replaced by a directory
+    assert _launcher.reset_workdir(libc, empty_size, tmpfs_dir)
+    assert os.listdir(tmpfs_dir) == []
+
+
+def test_entry_counting_size_is_none_where_sizes_do_not_count_entries(tmp_path):
+    from reopold_agent.sandbox import _launcher
+
+    size = os.stat(tmp_path).st_size
+    (tmp_path / "x").touch()
+    counts = os.stat(tmp_path).st_size != size
+    (tmp_path / "x").unlink()
+    if counts:
+        pytest.skip("tmp_path is on a filesystem whose directory sizes count entries")
+    assert _launcher.entry_counting_size(str(tmp_path)) is None
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_reset_workdir_reports_a_directory_it_could_not_empty(tmp_path):
+    import ctypes
+
+    from reopold_agent.sandbox import _launcher
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    assert not _launcher.reset_workdir(ctypes.CDLL(None, use_errno=True), None, str(not_a_directory))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="setting the immutable flag from outside needs root")
+def test_a_worker_whose_work_directory_could_not_be_emptied_is_retired(warm):
+    """If /tmp may still hold something of an execution, the worker serves no further one."""
+    import fcntl
+    import struct
+
+    sandbox = warm()
+    seed = sandbox.run(SEED).stdout
+    stuck = f"/proc/{_server_pid(sandbox)}/root/tmp/stuck"
+    flags = []
+
+    def make_it_immutable() -> None:  # what no program can do (CAP_LINUX_IMMUTABLE)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(stuck) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fd = os.open(stuck, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, 0x40086602, struct.pack("i", 0x10))  # FS_IOC_SETFLAGS, immutable
+            flags.append("set")
+        except OSError as exc:
+            flags.append(exc)
+        finally:
+            os.close(fd)
+
+    setter = threading.Thread(target=make_it_immutable)
+    setter.start()
+    result = sandbox.run("import time\nopen('stuck', 'w').write('x')\ntime.sleep(1)\nprint('done')",
+                         timeout_s=10)
+    setter.join()
+    if flags != ["set"]:
+        pytest.skip(f"this kernel's tmpfs has no immutable flag: {flags}")
+    assert result.ok and result.stdout == "done\n"  # the execution itself succeeded
     assert sandbox.run(SEED).stdout != seed  # a new worker

@@ -18,6 +18,10 @@ _KEYCTL = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 CASES = {
     "identity": ("import os\nprint(os.getuid(), os.getpid(), "
                  "len([p for p in os.listdir('/proc') if p.isdigit()]))", 5.0),
+    "signal_server": ("import os, signal\nfor sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,"
+                      " signal.SIGUSR1, signal.SIGSTOP, signal.SIGKILL):\n    os.kill(1, sig)\n"
+                      "print(hash('reopold-seed'))", 5.0),
+    "after_signals": ("print(hash('reopold-seed'))", 5.0),
     "fork_bomb": ("import os\nwhile True:\n    os.fork()", 5.0),
     "memory": ("x = bytearray(10 * 1024**3)", 5.0),
     "sleep": ("import time\ntime.sleep(60)", 1.0),
