@@ -10,9 +10,9 @@ pristine interpreter; it never calls ``exec``. Before any user code runs, it:
    and writes the program there as ``main.py``;
 3. puts the execution's pipes on fds 0, 1, 2 and closes every other fd;
 4. sets the rlimits, then drops privileges like ``setpriv`` does: empty capability bounding
-   set, no inheritable/permitted/effective/ambient capabilities, the execution's uid and gid
-   and no supplementary groups (as root), or locked ``noroot`` securebits (in a user
-   namespace), then ``no_new_privs``;
+   set (inherited: the server emptied its own), no inheritable/permitted/effective/ambient
+   capabilities, the execution's uid and gid and no supplementary groups (as root), or
+   locked ``noroot`` securebits (in a user namespace), then ``no_new_privs``;
 5. installs the seccomp filter that denies the kernel key syscalls (keyrings belong to a uid
    and outlive processes, see ``_launcher.key_syscall_filter``).
 
@@ -70,14 +70,25 @@ def _capabilities(libc) -> list:
     return [(d.effective, d.permitted, d.inheritable) for d in data]
 
 
-def drop_privileges(libc, uid: int, user_namespace: bool, cap_last: int) -> None:
+def drop_bounding_set(libc, cap_last: int) -> None:
+    """Empty the calling process's capability bounding set (what ``execve`` could regain).
+
+    Run once by the server, which never execs, so its forked programs inherit an empty set;
+    the capabilities the server itself holds are not affected.
+    """
+    for cap in range(cap_last + 1):
+        _call(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+
+
+def drop_privileges(libc, uid: int, user_namespace: bool) -> None:
     """Leave this process without any capability, as ``uid`` (root) or noroot (userns).
+
+    The bounding set is already empty (inherited from the server, see
+    :func:`drop_bounding_set`).
 
     Raises:
         OSError: a step failed, or capabilities remain afterwards.
     """
-    for cap in range(cap_last + 1):
-        _call(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
     if user_namespace:
         _call(libc.prctl(_PR_SET_SECUREBITS, _USERNS_SECUREBITS, 0, 0, 0), "securebits")
     else:
@@ -118,7 +129,7 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     _launcher.set_rlimits(spec["rlimits"])
-    drop_privileges(libc, uid, spec["user_namespace"], spec["cap_last"])
+    drop_privileges(libc, uid, spec["user_namespace"])
     _launcher.block_key_syscalls(libc, spec["key_filter"])  # keyrings outlive processes
     return os.path.join(workdir, "main.py")
 

@@ -5,7 +5,8 @@ Run by :mod:`reopold_agent.sandbox._warm` as ``python -I -u _forkserver.py SPEC_
 The server (pid 1, "Z") refuses to run anywhere but as pid 1, ignores INT/TERM/HUP (the
 kernel already drops other signals sent to a namespace init from inside), makes itself
 non-dumpable (no ptrace, no /proc/1/mem or fd access for the program), makes every mount
-read-only, hides ``hide_paths``, mounts the worker's tmpfs on ``/tmp``, warms up (see
+read-only, hides ``hide_paths``, mounts the worker's tmpfs on ``/tmp``, empties its
+capability bounding set (it never execs; its programs inherit the empty set), warms up (see
 ``_forkchild.warm_up``) and says ``{"ready": true}`` on the control socket (the fd
 ``ctrl_fd``, a SOCK_SEQPACKET socket shared with the host). Then, per request
 ``{"rid": n, "uid": u}`` carrying the fds stdin-read, stdout-write, stderr-write and a memfd
@@ -155,7 +156,7 @@ def _start(spec: dict) -> object:
     _launcher.mount_workdir(libc, spec["workdir_mb"])
     spec["empty_size"] = _launcher.entry_counting_size()
     with open("/proc/sys/kernel/cap_last_cap") as f:
-        spec["cap_last"] = int(f.read())
+        _forkchild.drop_bounding_set(libc, int(f.read()))
     spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)
     return libc
 

@@ -70,6 +70,19 @@ def test_program_runs_unprivileged_in_private_tmp(sandbox):
         assert config.uid_base <= int(uid) < config.uid_base + config.uid_count
 
 
+_CAPABILITIES = """\
+caps = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines()
+            if line.startswith("Cap"))
+print(sorted(name for name, value in caps.items() if int(value, 16)))
+"""
+
+
+def test_program_holds_no_capability_in_any_set(sandbox):
+    for _ in range(2):  # warm: the second execution is forked from a server that served one
+        result = sandbox.run(_CAPABILITIES)
+        assert result.stdout == "[]\n", result.stderr
+
+
 def test_infinite_loop_stopped_by_cpu_limit(make_isolated):
     sandbox = make_isolated(SandboxConfig(timeout_s=10, cpu_time_s=1))
     result = sandbox.run("while True: pass")
