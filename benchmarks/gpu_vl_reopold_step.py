@@ -138,7 +138,8 @@ class GoldZoomFirst(GenerationBackend):
     def __init__(self, then: HFGenerationBackend, tokenizer, turn_tokens: int, chunk_rows: int = 1024) -> None:
         self.then, self.tokenizer, self.turn_tokens, self.chunk_rows = then, tokenizer, turn_tokens, chunk_rows
 
-    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None):
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
+        """The engine treats every row once this returns (no row is handed over early)."""
         rows = list(extra_inputs) if extra_inputs is not None else [None] * len(prompts)
         texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
         first = [i for i, text in enumerate(texts) if text.count("<|im_start|>assistant") == 1]

@@ -10,6 +10,7 @@ class implementing :class:`GenerationBackend`; the engine does not change.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ class GenerationBackend(abc.ABC):
         *,
         seeds: list[int],
         extra_inputs: list[dict[str, Any] | None] | None = None,
+        on_row_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
         """Sample one continuation per prompt.
 
@@ -69,6 +71,13 @@ class GenerationBackend(abc.ABC):
                 other rows, so that a resumed run reproduces its rollouts however the
                 engine happens to group episodes into batches.
             extra_inputs: per-row model inputs besides ids (e.g. image features), or None.
+            on_row_done: called as ``on_row_done(b, generation)`` from the generating thread
+                as soon as row ``b`` has stopped, while the other rows go on decoding (the
+                engine starts that episode's tool calls then). Optional for a backend: the
+                engine treats any row it was not told about once ``generate`` returns.
+
+        Returns:
+            [B] one :class:`Generation` per prompt, in order.
         """
 
     def sync_weights(self, model: Any) -> None:

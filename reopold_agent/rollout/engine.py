@@ -2,13 +2,14 @@
 
 Episodes do not move in lockstep. Every episode whose previous tool results are in ("ready")
 generates its next turn in one batched backend call (stopping at ``</tool_call>`` or end of
-turn); right after, each episode's ``env.step`` is submitted to a thread pool as its own future.
-The engine then waits for the first step to finish, plus up to ``rollout.tool_batch_wait_s`` for
-steps finishing almost together (stopping early once none has finished for
-``rollout.tool_batch_gap_s``), appends those tool messages (templated token ids, loss mask 0)
-and generates again for the episodes that are ready. A slow or hanging tool therefore delays
-only its own episode, bounded by that tool's own timeout, never the whole batch. Sampled ids are
-never re-tokenised.
+turn); as soon as an episode's row stops (the backend hands rows over while the others go on
+decoding), its ``env.step`` is submitted to a thread pool as its own future, so the tool calls
+of short turns run during the decoding of long ones. The engine then waits for the first step
+to finish, plus up to ``rollout.tool_batch_wait_s`` for steps finishing almost together
+(stopping early once none has finished for ``rollout.tool_batch_gap_s``), appends those tool
+messages (templated token ids, loss mask 0) and generates again for the episodes that are
+ready. A slow or hanging tool therefore delays only its own episode, bounded by that tool's
+own timeout, never the whole batch. Sampled ids are never re-tokenised.
 
 Which episodes share a generation batch depends on timing, so sampling must not: each episode's
 turn is sampled with its own seed, derived from (run seed, episode index, turn), and the backend
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +44,7 @@ from reopold_agent.envs.batch import StepOutcome, guarded_step
 from ..trajectory import EndReason, ImageRecord, TokenSource, Trajectory
 from ..vision.processing import ImageFeatures, VisionInputs, VisionProcessor, is_image_part, message_images
 from ..vision.storage import image_path
-from .backend import GenerationBackend, SamplingParams
+from .backend import Generation, GenerationBackend, SamplingParams
 from .config import RolloutConfig
 from .templating import ChatTemplater
 
@@ -171,15 +173,14 @@ class RolloutEngine:
         """Generate for ready episodes, submit their steps, absorb finished steps; until all end."""
         ready = [ep for ep in episodes if not ep.done]
         pending: dict[Future, _Episode] = {}
+
+        def submit(ep: _Episode) -> None:
+            action = _strip_eos(ep.last_text, self.tokenizer)
+            pending[pool.submit(guarded_step, ep.env, action)] = ep
+
         while ready or pending:
             if ready:
-                self._generate_turn(ready, seed=seed)
-                start = time.perf_counter()  # submitting: the first steps already run meanwhile
-                for ep in ready:
-                    if not ep.done:
-                        action = _strip_eos(ep.last_text, self.tokenizer)
-                        pending[pool.submit(guarded_step, ep.env, action)] = ep
-                self.timings["env_s"] += time.perf_counter() - start
+                self._generate_turn(ready, seed=seed, on_turn_done=submit)
             ready = []
             for ep, outcome in self._wait_for_steps(pending):
                 start = time.perf_counter()
@@ -235,28 +236,53 @@ class RolloutEngine:
             return ids, None
         return self.vision.expand_placeholders(ids, images)
 
-    def _generate_turn(self, active: list[_Episode], *, seed: int) -> None:
-        """Sample the next turn of every episode in ``active`` in one backend call."""
+    def _generate_turn(self, active: list[_Episode], *, seed: int, on_turn_done: Callable[[_Episode], None]) -> None:
+        """Sample the next turn of every episode in ``active`` in one backend call.
+
+        ``on_turn_done(ep)`` is called for each episode whose turn ended without ending the
+        episode, as soon as its row stopped (the rest of the batch may still be decoding).
+        """
         cfg = self.config
         budgets = [min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)) for ep in active]
         seeds = [episode_seed(seed, ep.index, ep.turn_index) for ep in active]
+        taken: set[int] = set()
+        outside = {"template_s": 0.0, "env_s": 0.0}  # spent in row_done, not in the model
+
+        def row_done(b: int, gen: Generation) -> None:
+            if b in taken:
+                return
+            taken.add(b)
+            ep, t0 = active[b], time.perf_counter()
+            self._take_turn(ep, gen, budgets[b])
+            t1 = time.perf_counter()
+            if not ep.done:
+                on_turn_done(ep)
+            outside["template_s"] += t1 - t0
+            outside["env_s"] += time.perf_counter() - t1
+
         start = time.perf_counter()
         extra = [{"vision": ep.pixel_inputs()} if ep.images else None for ep in active]
         gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds,
-                                     extra_inputs=extra if any(extra) else None)
-        for ep, gen, budget in zip(active, gens, budgets):
-            if self.vision is not None and self.vision.image_token_id in gen.token_ids:
-                raise ValueError("the generation backend sampled the image placeholder token; it must honour "
-                                 "SamplingParams.suppress_token_ids (image tokens come only with image features)")
-            ep.turn_index += 1
-            ep.append(gen.token_ids, TokenSource.MODEL.value, list(gen.logprobs), list(gen.entropy))
-            text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
-            ep.messages.append({"role": "assistant", "content": text})
-            ep.last_text = text
-            if gen.finish_reason == "length":
-                over_episode = budget < cfg.max_turn_tokens
-                ep.finish(EndReason.EPISODE_TOKEN_BUDGET if over_episode else EndReason.TURN_TOKEN_BUDGET)
-        self.timings["generate_s"] += time.perf_counter() - start
+                                     extra_inputs=extra if any(extra) else None, on_row_done=row_done)
+        self.timings["generate_s"] += time.perf_counter() - start - outside["template_s"] - outside["env_s"]
+        for b, gen in enumerate(gens):  # rows the backend did not hand over while decoding
+            row_done(b, gen)
+        self.timings["template_s"] += outside["template_s"]
+        self.timings["env_s"] += outside["env_s"]
+
+    def _take_turn(self, ep: _Episode, gen: Generation, budget: int) -> None:
+        """Append a sampled turn to its episode; a turn cut by a budget ends the episode."""
+        if self.vision is not None and self.vision.image_token_id in gen.token_ids:
+            raise ValueError("the generation backend sampled the image placeholder token; it must honour "
+                             "SamplingParams.suppress_token_ids (image tokens come only with image features)")
+        ep.turn_index += 1
+        ep.append(gen.token_ids, TokenSource.MODEL.value, list(gen.logprobs), list(gen.entropy))
+        text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
+        ep.messages.append({"role": "assistant", "content": text})
+        ep.last_text = text
+        if gen.finish_reason == "length":
+            over_episode = budget < self.config.max_turn_tokens
+            ep.finish(EndReason.EPISODE_TOKEN_BUDGET if over_episode else EndReason.TURN_TOKEN_BUDGET)
 
     def _absorb(self, ep: _Episode, out: StepOutcome) -> None:
         """Apply one finished env step: end the episode, or append its tool turn."""

@@ -20,6 +20,7 @@ decode step continues every row at its own next position on all three axes.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ class HFGenerationBackend(GenerationBackend):
         *,
         seeds: list[int],
         extra_inputs: list[dict[str, Any] | None] | None = None,
+        on_row_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
         if not len(prompts) == len(max_new_tokens) == len(seeds):
             raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
@@ -76,13 +78,15 @@ class HFGenerationBackend(GenerationBackend):
         out: list[Generation] = []
         for start in range(0, len(prompts), self.max_batch_rows):
             end = start + self.max_batch_rows
+            done = None if on_row_done is None else (lambda b, gen, start=start: on_row_done(start + b, gen))
             out.extend(self._generate_chunk(prompts[start:end], max_new_tokens[start:end], params, seeds[start:end],
-                                            rows[start:end]))
+                                            rows[start:end], done))
         return out
 
     @torch.no_grad()
     def _generate_chunk(
-        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int], rows: list
+        self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int], rows: list,
+        on_row_done: Callable[[int, Generation], None] | None,
     ) -> list[Generation]:
         device = next(self.model.parameters()).device
         was_training, threads = self.model.training, torch.get_num_threads()
@@ -90,13 +94,17 @@ class HFGenerationBackend(GenerationBackend):
         if self.cpu_threads is not None and device.type == "cpu":
             torch.set_num_threads(self.cpu_threads)
         try:
-            return self._decode(prompts, budgets, params, seeds, rows, device)
+            return self._decode(prompts, budgets, params, seeds, rows, device, on_row_done)
         finally:
             self.model.train(was_training)
             torch.set_num_threads(threads)
 
-    def _decode(self, prompts, budgets, params, seeds, rows, device) -> list[Generation]:
-        """Decode B rows together; every row stops at its own stop token or budget."""
+    def _decode(self, prompts, budgets, params, seeds, rows, device, on_row_done) -> list[Generation]:
+        """Decode B rows together; every row stops at its own stop token or budget.
+
+        With ``on_row_done``, rows that stopped are handed over after the decode step that
+        stopped them (one extra device-to-host sync per step); the rest go on decoding.
+        """
         B = len(prompts)
         width = max(len(p) for p in prompts)
         ids_BL = torch.full((B, width), self.pad_token_id, dtype=torch.long, device=device)
@@ -118,6 +126,7 @@ class HFGenerationBackend(GenerationBackend):
         tokens, logps, ents = [], [], []
         done_B = torch.zeros(B, dtype=torch.bool, device=device)
         stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
+        handed_B = torch.zeros(B, dtype=torch.bool, device=device)
         step_ids, step_pos = ids_BL, pos_BL
         for t in range(int(budget_B.max())):
             logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
@@ -130,6 +139,11 @@ class HFGenerationBackend(GenerationBackend):
             hit_stop_B = torch.isin(next_B, stop_ids) & ~done_B
             stopped_B |= hit_stop_B
             done_B |= hit_stop_B | (budget_B <= t + 1)
+            if on_row_done is not None and bool((done_B & ~handed_B).any()):
+                rows_done = (done_B & ~handed_B).nonzero().flatten().tolist()
+                handed_B |= done_B
+                for b, gen in zip(rows_done, _collect(tokens, logps, ents, budgets, stopped_B, stop_ids, rows_done)):
+                    on_row_done(b, gen)
             if bool(done_B.all()):
                 break
             if t == 0 and step_pos.ndim == 3:  # 3D positions: continue each row after its largest one
@@ -153,21 +167,25 @@ def _new_cache(model: Any) -> DynamicCache:
         return DynamicCache()
 
 
-def _collect(tokens, logps, ents, budgets, stopped_B, stop_ids) -> list[Generation]:
-    ids_BN = torch.stack(tokens, 1).tolist()
-    logp_BN = torch.stack(logps, 1).tolist()
-    ent_BN = torch.stack(ents, 1).tolist()
+def _collect(tokens, logps, ents, budgets, stopped_B, stop_ids, rows: list[int] | None = None) -> list[Generation]:
+    """The Generations of ``rows`` (default: all) from the per-step [B] tensors so far."""
+    rows = list(range(len(budgets))) if rows is None else rows
+    index = torch.tensor(rows, device=stopped_B.device)
+    ids_RN = torch.stack(tokens, 1)[index].tolist()
+    logp_RN = torch.stack(logps, 1)[index].tolist()
+    ent_RN = torch.stack(ents, 1)[index].tolist()
+    stopped_R = stopped_B[index].tolist()
     stop_set = set(stop_ids.tolist())
     out = []
-    for b, budget in enumerate(budgets):
-        n = budget
-        for i, tok in enumerate(ids_BN[b][:budget]):
+    for r, b in enumerate(rows):
+        n = budgets[b]
+        for i, tok in enumerate(ids_RN[r][:n]):
             if tok in stop_set:
                 n = i + 1
                 break
-        n = min(n, len(ids_BN[b]))
+        n = min(n, len(ids_RN[r]))
         out.append(Generation(
-            token_ids=ids_BN[b][:n], logprobs=logp_BN[b][:n], entropy=ent_BN[b][:n],
-            finish_reason="stop" if bool(stopped_B[b]) else "length",
+            token_ids=ids_RN[r][:n], logprobs=logp_RN[r][:n], entropy=ent_RN[r][:n],
+            finish_reason="stop" if stopped_R[r] else "length",
         ))
     return out

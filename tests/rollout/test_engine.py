@@ -8,6 +8,7 @@ the same script played with different delays must give the same trajectories.
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import pytest
@@ -81,7 +82,7 @@ class ScriptedBackend(GenerationBackend):
         self.batches: list[list[int]] = []
         self.seeds: dict[tuple[int, int], int] = {}
 
-    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None):
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
         out, batch = [], []
         for prompt, budget, seed in zip(prompts, max_new_tokens, seeds):
             text = self.tok.decode(prompt)
@@ -93,6 +94,22 @@ class ScriptedBackend(GenerationBackend):
             self.seeds[(episode, turn)] = seed
             out.append(Generation(ids[:n], [-0.5] * n, [1.0] * n, "stop" if n == len(ids) else "length"))
         self.batches.append(batch)
+        return out
+
+
+class HandsOverEarly(ScriptedBackend):
+    """Hands row 0 over mid-generation; in the first call, keeps "decoding" until its tool ran."""
+
+    def __init__(self, tokenizer, script, tool_ran):
+        super().__init__(tokenizer, script)
+        self.tool_ran = tool_ran
+        self.overlapped: list[bool] = []
+
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
+        out = super().generate(prompts, max_new_tokens, params, seeds=seeds)
+        on_row_done(0, out[0])
+        if not self.overlapped:
+            self.overlapped.append(self.tool_ran.wait(5.0))
         return out
 
 
@@ -128,6 +145,23 @@ def test_a_slow_tool_delays_only_its_own_episode():
     assert wall < SLOW_S + 1.0
     assert engine.timings["env_s"] >= 0.9 * SLOW_S  # waiting for the slow tool, nothing to generate
     assert backend.batches[0] == list(range(8)) and backend.batches[-3:] == [[0], [0], [0]]
+
+
+def test_a_turn_handed_over_early_runs_its_tool_while_the_batch_still_decodes():
+    tok = tiny.tokenizer()
+    tool_ran = threading.Event()
+    envs = [WorkEnv() for _ in range(3)]
+    for env in envs:
+        run = env.tool.run
+        env.tool.run = lambda words, run=run: (run(words), tool_ran.set())[0]
+    script = [[call(), answer(e)] for e in range(3)]
+    backend = HandsOverEarly(tok, script, tool_ran)
+    engine = RolloutEngine(backend, tok, RolloutConfig(max_turn_tokens=96, max_episode_tokens=1024))
+    trajs = engine.run(envs, [EpisodeRequest(seed=e, options={"index": e}) for e in range(3)], seed=0)
+    assert backend.overlapped == [True]  # row 0's tool call ran before generate() returned
+    assert all(t.end_reason == "answered" and t.reward == 1.0 for t in trajs)
+    reference, *_ = play(script)
+    assert [t.token_ids for t in trajs] == [t.token_ids for t in reference]
 
 
 def test_a_long_straggler_wait_ends_at_the_first_quiet_gap():

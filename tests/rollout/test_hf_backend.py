@@ -89,3 +89,23 @@ def test_cpu_threads_apply_while_decoding_and_are_restored_after():
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="cpu_threads"):
         HFGenerationBackend(m, pad_token_id=tok.pad_token_id, cpu_threads=0)
+
+
+def test_rows_are_handed_over_as_soon_as_they_stop():
+    """on_row_done gets each row once, right after the decode step that stopped it (the other
+    rows still decoding), with the Generation that generate() returns; chunks keep global rows."""
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    backend = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
+    forwards = []
+    m.register_forward_hook(lambda *_: forwards.append(1))
+    for max_rows in (256, 2):
+        backend.max_batch_rows = max_rows
+        forwards.clear()
+        handed = []
+        gens = backend.generate([prompt, prompt[:9], prompt], [9, 2, 5], SamplingParams(), seeds=[1, 2, 3],
+                                on_row_done=lambda b, gen: handed.append((b, gen, len(forwards))))
+        assert [b for b, _, _ in handed] == ([1, 2, 0] if max_rows == 256 else [1, 0, 2])
+        assert [gen for _, gen, _ in sorted(handed, key=lambda h: h[0])] == gens
+        if max_rows == 256:  # one forward per decode step: handed over after steps 2, 5 and 9
+            assert [at for _, _, at in handed] == [2, 5, 9]

@@ -54,7 +54,7 @@ class ZoomFirst(GenerationBackend):
         self.tok, self.then, self.answer = tok, then, answer
         self.calls: list[list] = []
 
-    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None):
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
         self.calls.append([(x or {}).get("vision") for x in (extra_inputs or [None] * len(prompts))])
         first = [self.tok.decode(p).count("<|im_start|>assistant") == 1 for p in prompts]
         if self.then is not None and not any(first):
@@ -245,7 +245,7 @@ def test_a_tool_image_the_processor_cannot_take_becomes_a_note_not_a_crash(visio
     """A zoom into a 1-pixel-wide strip gives a 1x448 crop: no patch grid fits it."""
 
     class ThinZoom(ZoomFirst):
-        def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None):
+        def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
             gens = super().generate(prompts, max_new_tokens, params, seeds=seeds, extra_inputs=extra_inputs)
             thin = self.tok(render_tool_call("zoom", {"bbox": [10, 0, 11, 448], "scale": 1}),
                             add_special_tokens=False)["input_ids"]
