@@ -40,9 +40,10 @@ class RolloutConfig:
     such stop). With a long ``tool_batch_wait_s`` it lets a burst of tool calls that finish one
     after another share one batch, while a slow tool delays the others by at most this gap."""
     torch_threads: int | None = None
-    """CPU only: torch threads while the student generates (None = as ``train.torch_threads``).
+    """CPU only: torch threads for the student's decode steps (None = as ``train.torch_threads``).
     A small model's decode steps are short ops; while tools run on the same cores, one thread
-    decodes faster than several that wait on each other (scoring and updates keep theirs)."""
+    decodes faster than several that wait on each other (prefills, scoring and updates keep
+    theirs)."""
     max_images_per_episode: int = 8
     """Images one episode may hold (prompt and tool outputs); a tool's further images are
     replaced by a text note saying so. Bounds the pixel memory of long image-tool episodes."""

@@ -41,9 +41,10 @@ class HFGenerationBackend(GenerationBackend):
         pad_token_id: id fed for left padding and for rows that already stopped.
         max_batch_rows: split larger batches into chunks of at most this many rows.
         vision: the image processor of a vision-language student (None for text models).
-        cpu_threads: torch threads while decoding on CPU (None: leave the process setting).
+        cpu_threads: torch threads for the decode steps on CPU (None: leave the process setting).
             Decode steps of a small model are short ops; when tools run on the same cores,
-            several threads wait on each other more than they compute.
+            several threads wait on each other more than they compute. The prefill (one large
+            forward over the whole context) keeps the process's threads.
     """
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
@@ -91,15 +92,14 @@ class HFGenerationBackend(GenerationBackend):
         device = next(self.model.parameters()).device
         was_training, threads = self.model.training, torch.get_num_threads()
         self.model.eval()
-        if self.cpu_threads is not None and device.type == "cpu":
-            torch.set_num_threads(self.cpu_threads)
+        decode_threads = self.cpu_threads if device.type == "cpu" else None
         try:
-            return self._decode(prompts, budgets, params, seeds, rows, device, on_row_done)
+            return self._decode(prompts, budgets, params, seeds, rows, device, on_row_done, decode_threads)
         finally:
             self.model.train(was_training)
             torch.set_num_threads(threads)
 
-    def _decode(self, prompts, budgets, params, seeds, rows, device, on_row_done) -> list[Generation]:
+    def _decode(self, prompts, budgets, params, seeds, rows, device, on_row_done, decode_threads) -> list[Generation]:
         """Decode B rows together; every row stops at its own stop token or budget.
 
         With ``on_row_done``, rows that stopped are handed over after the decode step that
@@ -130,6 +130,8 @@ class HFGenerationBackend(GenerationBackend):
         step_ids, step_pos = ids_BL, pos_BL
         for t in range(int(budget_B.max())):
             logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
+            if t == 0 and decode_threads is not None:
+                torch.set_num_threads(decode_threads)
             logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
             next_B = sample(logits_BV.float(), params, keys_B, t)
             next_B = torch.where(done_B, torch.full_like(next_B, self.pad_token_id), next_B)
