@@ -141,9 +141,9 @@ class HFGenerationBackend(GenerationBackend):
             hit_stop_B = torch.isin(next_B, stop_ids) & ~done_B
             stopped_B |= hit_stop_B
             done_B |= hit_stop_B | (budget_B <= t + 1)
-            if on_row_done is not None and bool((done_B & ~handed_B).any()):
-                rows_done = (done_B & ~handed_B).nonzero().flatten().tolist()
-                handed_B |= done_B
+            if on_row_done is not None and bool((new_B := done_B & ~handed_B).any()):
+                rows_done = new_B.nonzero().flatten().tolist()
+                handed_B |= new_B
                 for b, gen in zip(rows_done, _collect(tokens, logps, ents, budgets, stopped_B, stop_ids, rows_done)):
                     on_row_done(b, gen)
             if bool(done_B.all()):

@@ -173,7 +173,7 @@ def test_a_long_straggler_wait_ends_at_the_first_quiet_gap():
         THREE_CALLS, delays={0: (SLOW_S,), **bursty}, config=RolloutConfig(**config, tool_batch_gap_s=0.2))
     assert all(t.end_reason == "answered" for t in trajs)
     assert backend.batches[1] == list(range(1, 8))  # the burst shared a batch, without the slow one
-    assert max(env.finished_at - start for env in envs[1:]) < 0.5 * SLOW_S <= SLOW_S <= wall
+    assert max(env.finished_at - start for env in envs[1:]) < 0.75 * SLOW_S < SLOW_S <= wall
     _, envs, backend, *_, start = play(THREE_CALLS, delays={0: (SLOW_S,), **bursty},
                                        config=RolloutConfig(**config))
     assert backend.batches[1] == list(range(8))  # no gap: everyone waited for the slow call
