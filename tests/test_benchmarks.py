@@ -1,4 +1,4 @@
-"""Benchmark scripts that must stay runnable: the GPU VL step check in its CPU smoke mode."""
+"""Benchmark scripts that must stay runnable: the GPU step checks in their CPU smoke modes."""
 
 import importlib.util
 import math
@@ -43,3 +43,28 @@ def test_gpu_vl_reopold_step_shapes_and_refusals():
     assert spec.mrope_section == (16, 24, 24)
     with pytest.raises(SystemExit, match="only the --tiny"):
         bench.main(["--device", "cpu"])
+
+
+def test_gpu_reopold_step_runs_in_tiny_cpu_mode(capsys):
+    bench = _load("gpu_reopold_step")
+    result = bench.main(["--device", "cpu", "--tiny"])
+    out = capsys.readouterr().out
+    for line in ("rollout ", "teacher ", "update ", "step ", "peak process RSS"):
+        assert line in out
+    # 4 episodes: prompt 12, two sampled turns of 8 (random models never stop) around a tool output of 6
+    assert result["episodes"] == 4 and result["all_tokens"] == 4 * (12 + 8 + 6 + 8)
+    assert result["model_tokens"] == 4 * 2 * 8 == result["objective/num_valid"]
+    assert result["objective/rho_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert all(math.isfinite(result[k]) and result[k] > 0 for k in ("rollout_s", "teacher_s", "update_s"))
+    assert math.isfinite(result["objective/loss"])
+    with pytest.raises(SystemExit, match="only the --tiny"):
+        bench.main(["--device", "cpu"])
+
+
+def test_gpu_reopold_step_uses_the_qwen2_5_shapes():
+    bench = _load("gpu_reopold_step")
+    shape = {name: tuple(bench.SHAPES[name][k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                          "num_key_value_heads", "intermediate_size"))
+             for name in ("0.5b", "1.5b")}
+    assert shape == {"0.5b": (896, 24, 14, 2, 4864), "1.5b": (1536, 28, 12, 2, 8960)}
+    assert bench.PROFILES["full"]["vocab"] == 151936
