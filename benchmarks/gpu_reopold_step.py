@@ -1,86 +1,89 @@
-"""GPU check: one REOPOLD step with a Qwen2.5-0.5B-shaped student and a 1.5B-shaped teacher.
+"""GPU check: one REOPOLD step on tool_math, a Qwen2.5-0.5B-shaped student, a 1.5B-shaped teacher.
 
-Random weights, bf16, no downloads. A batch of multi-turn tool episodes is built from random
-token ids with the layout of a tool_math episode (prompt, model turn ending in a tool call, tool
-output, model answer); the student samples every model turn with the real decode loop, the
-teacher scores the whole sequences, and the policy update runs the REOPOLD objective. Prints the
-time split, tokens per second and peak GPU memory.
+Random weights, bf16, no downloads. Episodes are real ``tool_math`` episodes (``ToolMathEnv``
+with the real sandboxed python tool) played by the real :class:`RolloutEngine` with the real
+:class:`HFGenerationBackend`, except for one stand-in (``gpu_check.GoldFirstTurn``): the first
+assistant turn of every episode is the gold python call (a random model would never call the
+tool), scored by the student in one teacher-forced forward, so its behaviour log-probs and
+entropies are the student's own. The tool runs in the sandbox, its output is templated and
+appended, and the student samples the second turn with the real decode loop, up to
+``--turn-tokens`` tokens (``max_turns`` is 2, so the episode ends there). Then the teacher scores
+the batch and one policy update runs the REOPOLD objective, under bf16 autocast on a GPU.
+
+The tokenizer is the project's small byte-level BPE with the Qwen chat template (no hub
+access). The models keep Qwen's full vocabulary (151,936 rows), so the embedding and the
+vocabulary projection cost what they cost in the real models; sampled ids beyond the
+tokenizer's vocabulary decode to no text. Prints the time split (the rollout's split into
+model, tool calls and templating too: the share outside the models), tokens per second and
+peak memory.
 
     python benchmarks/gpu_reopold_step.py --episodes 64 --turn-tokens 256
     python benchmarks/gpu_reopold_step.py --device cpu --tiny     # smoke test, seconds on CPU
 
-``--tiny`` runs the same code with tiny Qwen2 models and a small vocabulary, so that the test
-suite keeps this script runnable on machines without a GPU.
+``--tiny`` runs the same code with tiny Qwen2 models (1,024 embedding rows, more than the
+tokenizer has, like Qwen's), so that the test suite keeps this script runnable without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import time
+import sys
+from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from reopold_agent.batching import collate
-from reopold_agent.policy_update import policy_update
-from reopold_agent.rollout.backend import SamplingParams
+from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.envs.tool_math import ToolMathEnv
+from reopold_agent.rollout.config import RolloutConfig
+from reopold_agent.rollout.engine import EpisodeRequest, RolloutEngine
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
+from reopold_agent.sandbox import SandboxConfig, make_sandbox
 from reopold_agent.teacher import TeacherScorer
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
-from reopold_agent.trajectory import Trajectory
+from reopold_agent.tool_protocol import render_tool_call
 from reopold_agent.vision.loading import enable_activation_checkpointing
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_step  # noqa: E402 - this script's neighbour
+
 SHAPES = {
+    # Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct config.json
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2),
+                 num_key_value_heads=2, tie_word_embeddings=True),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2),
+                 num_key_value_heads=2, tie_word_embeddings=True),
     "tiny-student": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2),
+                         num_key_value_heads=2, tie_word_embeddings=True),
     "tiny-teacher": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2),
+                         num_key_value_heads=2, tie_word_embeddings=False),
 }
-VOCAB = 151936
+QWEN_VOCAB = 151936
+"""Embedding rows of the Qwen2.5 0.5B-3B checkpoints."""
 PROFILES = {
-    "full": dict(student="0.5b", teacher="1.5b", vocab=VOCAB, episodes=64, prompt_tokens=256, tool_tokens=128,
-                 turn_tokens=256, micro_batch=8),
-    "tiny": dict(student="tiny-student", teacher="tiny-teacher", vocab=512, episodes=4, prompt_tokens=12,
-                 tool_tokens=6, turn_tokens=8, micro_batch=2),
+    "full": dict(student="0.5b", teacher="1.5b", vocab=QWEN_VOCAB, episodes=64, group_size=8, turn_tokens=256,
+                 micro_batch=8, teacher_rows=16),
+    "tiny": dict(student="tiny-student", teacher="tiny-teacher", vocab=1024, episodes=4, group_size=2,
+                 turn_tokens=8, micro_batch=2, teacher_rows=4),
 }
-"""Defaults without and with ``--tiny`` (the sizes can be overridden)."""
+"""Defaults without and with ``--tiny`` (every one can be overridden)."""
 
 
-def build(shape: str, dtype: torch.dtype, vocab: int, device: torch.device) -> Qwen2ForCausalLM:
-    config = Qwen2Config(vocab_size=vocab, tie_word_embeddings=shape == "0.5b", max_position_embeddings=32768,
-                         **SHAPES[shape])
+def build(shape: str, tokenizer, vocab: int, dtype: torch.dtype, device: torch.device, seed: int):
+    """A randomly initialised Qwen2 causal LM of shape ``shape`` with the tokenizer's special ids."""
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
+    torch.manual_seed(seed)
     return Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
 
 
-def play(backend, episodes: int, prompt_len: int, tool_len: int, turn_tokens: int, vocab: int,
-         g: torch.Generator):
-    """Two model turns per episode around one tool output; returns trajectories."""
-    seqs = [torch.randint(10, vocab, (prompt_len,), generator=g).tolist() for _ in range(episodes)]
-    src = [["prompt"] * prompt_len for _ in range(episodes)]
-    lps = [[None] * prompt_len for _ in range(episodes)]
-    ents = [[None] * prompt_len for _ in range(episodes)]
-    for turn in range(2):
-        gens = backend.generate(seqs, [turn_tokens] * episodes, SamplingParams(),
-                                seeds=[turn * episodes + i for i in range(episodes)])
-        for i, gen in enumerate(gens):
-            seqs[i] += gen.token_ids
-            src[i] += ["model"] * len(gen.token_ids)
-            lps[i] += gen.logprobs
-            ents[i] += gen.entropy
-            if turn == 0:
-                tool = torch.randint(10, vocab, (tool_len,), generator=g).tolist()
-                seqs[i] += tool
-                src[i] += ["tool"] * tool_len
-                lps[i] += [None] * tool_len
-                ents[i] += [None] * tool_len
-    return [Trajectory(token_ids=s, source=so, turn=[0] * len(s), loss_mask=[int(x == "model") for x in so],
-                       logprobs=lp, entropy=en, messages=[], prompt_id=str(i // 8))
-            for i, (s, so, lp, en) in enumerate(zip(seqs, src, lps, ents))]
+def gold_calls(env: ToolMathEnv, items: int) -> dict[str, str]:
+    """Question -> gold python call of the first ``items`` items of the env's split."""
+    calls = {}
+    for index in range(items):
+        item = env.load_item(index)
+        calls[item["question"]] = render_tool_call("python", {"code": item["code"]})
+    return calls
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,66 +91,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (only with --tiny)")
     p.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of this script")
     p.add_argument("--episodes", type=int)
-    p.add_argument("--prompt-tokens", type=int)
-    p.add_argument("--tool-tokens", type=int)
-    p.add_argument("--turn-tokens", type=int)
-    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--group-size", type=int, help="rollouts per prompt")
+    p.add_argument("--turn-tokens", type=int, help="budget of the sampled (second) assistant turn")
+    p.add_argument("--micro-batch", type=int, help="trajectories per forward/backward of the update")
+    p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for key, value in PROFILES["tiny" if args.tiny else "full"].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the check; prints the figures and returns them."""
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("this check needs a CUDA GPU (or --device cpu --tiny for the smoke test)")
-    if device.type == "cpu" and not args.tiny:
-        raise SystemExit("on the CPU only the --tiny smoke test runs")
+    device = check_device(args)
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    student = build(args.student, torch.float32, args.vocab, device)
+    tokenizer = task_tokenizer(gold_conversations("tool_math", count=16))
+    student = build(args.student, tokenizer, args.vocab, torch.float32, device, args.seed)
     enable_activation_checkpointing(student)
-    teacher = build(args.teacher, torch.bfloat16 if cuda else torch.float32, args.vocab, device)
-    backend = HFGenerationBackend(student, pad_token_id=0)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        t0 = time.perf_counter()
-        trajs = play(backend, args.episodes, args.prompt_tokens, args.tool_tokens, args.turn_tokens, args.vocab, g)
-        sync()
-        t1 = time.perf_counter()
-        TeacherScorer(teacher, pad_token_id=0, batch_rows=16).score(trajs)
-        sync()
-        t2 = time.perf_counter()
-        batch = collate(trajs, pad_token_id=0)
-        stats = policy_update(student, optimizer, scheduler, batch, step=10, settings=ObjectiveConfig(),
-                              optim=OptimConfig(micro_batch_rows=args.micro_batch), total_steps=300,
-                              backward=lambda loss: loss.backward(),
-                              clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m))
-        sync()
-        t3 = time.perf_counter()
+    teacher = build(args.teacher, tokenizer, args.vocab, torch.bfloat16 if cuda else torch.float32, device,
+                    args.seed + 1)
+    pad = tokenizer.pad_token_id
+    sandbox = make_sandbox(SandboxConfig())
+    envs = [ToolMathEnv(sandbox=sandbox, split="train", max_tool_rounds=2) for _ in range(args.episodes)]
+    prompts = -(-args.episodes // args.group_size)
+    calls = gold_calls(envs[0], prompts)
+
+    def gold_text(prompt_text: str) -> str:
+        return next(call for question, call in calls.items() if question in prompt_text)
+
+    backend = GoldFirstTurn(HFGenerationBackend(student, pad_token_id=pad), tokenizer, args.turn_tokens,
+                            gold_text=gold_text)
+    config = RolloutConfig(group_size=args.group_size, max_turn_tokens=max(args.turn_tokens, 128),
+                           max_episode_tokens=32768, max_turns=2)
+    engine = RolloutEngine(backend, tokenizer, config)
+    requests = [EpisodeRequest(seed=i, options={"index": i // args.group_size}, sample_index=i % args.group_size)
+                for i in range(args.episodes)]
+    scorer = TeacherScorer(teacher, pad_token_id=pad, batch_rows=args.teacher_rows)
+    try:
+        step = timed_step(lambda: engine.run(envs, requests, seed=args.seed, task="tool_math"), scorer, student,
+                          pad_token_id=pad, micro_batch=args.micro_batch, device=device, autocast=cuda)
+    finally:
+        sandbox.close()
+    trajs, stats = step.trajectories, step.stats
     model_tokens = sum(t.num_model_tokens for t in trajs)
     all_tokens = sum(t.num_tokens for t in trajs)
+    tool_calls = sum(t.tool_calls for t in trajs)
+    timing = engine.timings
+    outside = (timing["env_s"] + timing["template_s"]) / step.rollout_s
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}  "
           f"student {args.student} (fp32 weights) / teacher {args.teacher}, bf16 autocast: {cuda}")
-    print(f"episodes {args.episodes}, model tokens {model_tokens}, all tokens {all_tokens}")
-    print(f"rollout  {t1 - t0:7.2f} s  ({model_tokens / (t1 - t0):,.0f} generated tok/s)")
-    print(f"teacher  {t2 - t1:7.2f} s  ({all_tokens / (t2 - t1):,.0f} scored tok/s)")
-    print(f"update   {t3 - t2:7.2f} s  ({all_tokens / (t3 - t2):,.0f} trained tok/s)")
-    print(f"step     {t3 - t0:7.2f} s; teacher share {100 * (t2 - t1) / (t3 - t0):.1f}%")
+    print(f"episodes {len(trajs)}, tool calls {tool_calls}, model tokens {model_tokens}, all tokens {all_tokens}")
+    print(f"rollout  {step.rollout_s:7.2f} s  ({model_tokens / step.rollout_s:,.0f} generated tok/s; model "
+          f"{timing['generate_s']:.2f} s, tool calls {timing['env_s']:.2f} s, templating {timing['template_s']:.2f} s: "
+          f"{100 * outside:.1f}% outside the models)")
+    total_s = step.rollout_s + step.teacher_s + step.update_s
+    print(f"teacher  {step.teacher_s:7.2f} s  ({all_tokens / step.teacher_s:,.0f} scored tok/s)")
+    print(f"update   {step.update_s:7.2f} s  ({all_tokens / step.update_s:,.0f} trained tok/s)")
+    print(f"step     {total_s:7.2f} s; teacher share {100 * step.teacher_s / total_s:.1f}%")
     print(f"peak {'GPU memory' if cuda else 'process RSS'} {peak_gib:.2f} GiB")
     print({k: round(v, 4) for k, v in stats.items() if k.startswith("objective/")})
-    return {"episodes": args.episodes, "model_tokens": model_tokens, "all_tokens": all_tokens,
-            "rollout_s": t1 - t0, "teacher_s": t2 - t1, "update_s": t3 - t2, "peak_gib": peak_gib, **stats}
+    return {"episodes": len(trajs), "tool_calls": tool_calls, "model_tokens": model_tokens, "all_tokens": all_tokens,
+            "tool_tokens": sum(s == "tool" for t in trajs for s in t.source), "rollout_s": step.rollout_s,
+            "teacher_s": step.teacher_s, "update_s": step.update_s, "outside_share": outside, "peak_gib": peak_gib, **stats}
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ Qwen/Qwen2.5-VL-3B-Instruct (``--teacher-shape 7b`` for the 7B, ``3b-half`` for 
 of 18 layers); the image processor is the real Qwen2-VL one, built from its parameters. Episodes
 are real ``visual_qa`` episodes (``VisualQAEnv(level="dots")``, a 448x448 image in the prompt)
 played by the real :class:`RolloutEngine` with the real :class:`HFGenerationBackend`, except
-for one stand-in:
+for one stand-in (``gpu_check.GoldFirstTurn``):
 
 * the first assistant turn of every episode is the gold ``zoom`` call into the asked cell (a
   random model would never call the tool), so every episode holds a second image, the 4x zoomed
   crop, returned by the real zoom tool. Its tokens are scored by the student in one
-  teacher-forced forward with the episode's pixel inputs (about the cost of the prefill it
-  replaces; the few dozen decode steps of a sampled call are not timed), so their behaviour
-  log-probs and entropies are the student's own;
+  teacher-forced forward with the episode's pixel inputs, so their behaviour log-probs and
+  entropies are the student's own;
 * the second assistant turn is sampled by the student with the real decode loop, up to
   ``--turn-tokens`` tokens (``max_turns`` is 2, so the episode ends there).
 
@@ -43,26 +42,25 @@ from __future__ import annotations
 import argparse
 import re
 import resource
-import time
+import sys
+from pathlib import Path
 
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from reopold_agent.batching import collate, pad_right
 from reopold_agent.embedded import gold_conversations, task_tokenizer
 from reopold_agent.envs.visual_qa import VisualQAEnv
-from reopold_agent.policy_update import policy_update
-from reopold_agent.rollout.backend import Generation, GenerationBackend
 from reopold_agent.rollout.config import RolloutConfig
 from reopold_agent.rollout.engine import EpisodeRequest, RolloutEngine
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
-from reopold_agent.sequence_scoring import sequence_logprobs
 from reopold_agent.teacher import TeacherScorer
 from reopold_agent.tool_protocol import render_tool_call
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
 from reopold_agent.vision import VisionProcessor
 from reopold_agent.vision.loading import enable_activation_checkpointing
 from reopold_agent.vision.tiny import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_step  # noqa: E402 - this script's neighbour
 
 _QWEN25_VL_VISION = dict(vision_depth=32, vision_hidden_size=1280, vision_num_heads=16, vision_intermediate_size=3420,
                          patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
@@ -123,68 +121,12 @@ def build(shape: str, tokenizer, dtype: torch.dtype, device: torch.device, seed:
     return model
 
 
-class GoldZoomFirst(GenerationBackend):
-    """Turn 1: the gold zoom call, scored by the student; later turns: the real decode loop.
-
-    Args:
-        then: the student's :class:`HFGenerationBackend` (its model and vision processor score
-            the scripted turn).
-        tokenizer: decodes prompts (to find the asked cell) and encodes the call.
-        turn_tokens: budget of a sampled turn (a row cut there ends its episode, as any turn
-            that reaches its budget); the engine's ``max_turn_tokens`` only has to fit the call.
-        chunk_rows: rows of the vocabulary projection computed at once.
-    """
-
-    def __init__(self, then: HFGenerationBackend, tokenizer, turn_tokens: int, chunk_rows: int = 1024) -> None:
-        self.then, self.tokenizer, self.turn_tokens, self.chunk_rows = then, tokenizer, turn_tokens, chunk_rows
-
-    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
-        """The engine treats every row once this returns (no row is handed over early)."""
-        rows = list(extra_inputs) if extra_inputs is not None else [None] * len(prompts)
-        texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
-        first = [i for i, text in enumerate(texts) if text.count("<|im_start|>assistant") == 1]
-        rest = [i for i in range(len(prompts)) if i not in set(first)]
-        out: list[Generation | None] = [None] * len(prompts)
-        if first:
-            calls = [self._gold_call(texts[i], max_new_tokens[i]) for i in first]
-            for i, gen in zip(first, self._score([prompts[i] for i in first], calls, [rows[i] for i in first])):
-                out[i] = gen
-        if rest:
-            budgets = [min(max_new_tokens[i], self.turn_tokens) for i in rest]
-            gens = self.then.generate([prompts[i] for i in rest], budgets, params, seeds=[seeds[i] for i in rest],
-                                      extra_inputs=[rows[i] for i in rest])
-            for i, gen in zip(rest, gens):
-                out[i] = gen
-        return out
-
-    def _gold_call(self, prompt_text: str, budget: int) -> tuple[list[int], bool]:
-        match = _ASKED_BOX.search(prompt_text)
-        if match is None:
-            raise ValueError("the prompt names no cell 'inside [x0, y0, x1, y1]'; use VisualQAEnv(level='dots')")
-        ids = self.tokenizer(render_tool_call("zoom", {"bbox": [int(v) for v in match.groups()]}),
-                             add_special_tokens=False)["input_ids"]
-        return ids[:budget], len(ids) <= budget
-
-    @torch.no_grad()
-    def _score(self, prompts, calls, rows) -> list[Generation]:
-        model, vision = self.then.model, self.then.vision
-        device = next(model.parameters()).device
-        ids_BT, attn_BT = pad_right([p + c for p, (c, _) in zip(prompts, calls)], self.then.pad_token_id)
-        ids_BT, attn_BT = ids_BT.to(device), attn_BT.to(device)
-        was_training = model.training
-        model.eval()
-        try:
-            logp_BT, ent_BT = sequence_logprobs(model, ids_BT, attn_BT, with_entropy=True, chunk_rows=self.chunk_rows,
-                                                extra_inputs=vision.forward_inputs(
-                                                    [(r or {}).get("vision") for r in rows], ids_BT, attn_BT))
-        finally:
-            model.train(was_training)
-        out = []
-        for b, (prompt, (call, complete)) in enumerate(zip(prompts, calls)):
-            cols = slice(len(prompt), len(prompt) + len(call))
-            out.append(Generation(call, logp_BT[b, cols].tolist(), ent_BT[b, cols].tolist(),
-                                  "stop" if complete else "length"))
-        return out
+def zoom_into_asked_cell(prompt_text: str) -> str:
+    """The gold first turn of a ``dots`` episode: the zoom call into the cell its prompt asks about."""
+    match = _ASKED_BOX.search(prompt_text)
+    if match is None:
+        raise ValueError("the prompt names no cell 'inside [x0, y0, x1, y1]'; use VisualQAEnv(level='dots')")
+    return render_tool_call("zoom", {"bbox": [int(v) for v in match.groups()]})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -206,20 +148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the step under bf16 autocast (default: on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for key, value in PROFILES["tiny" if args.tiny else "full"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the check; prints the figures and returns them."""
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("this check needs a CUDA GPU (or --device cpu --tiny for the smoke test)")
-    if device.type == "cpu" and not args.tiny:
-        raise SystemExit("on the CPU only the --tiny smoke test runs")
+    device = check_device(args)
     cuda = device.type == "cuda"
     autocast = cuda if args.autocast is None else args.autocast
     tokenizer = task_tokenizer(gold_conversations("visual_qa", count=16))
@@ -233,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                        max_pixels=args.image_max_pixels)
     vision.check_compatible(teacher.config, "teacher")
     pad = tokenizer.pad_token_id
-    backend = GoldZoomFirst(HFGenerationBackend(student, pad_token_id=pad, vision=vision), tokenizer, args.turn_tokens)
+    backend = GoldFirstTurn(HFGenerationBackend(student, pad_token_id=pad, vision=vision), tokenizer, args.turn_tokens,
+                            gold_text=zoom_into_asked_cell)
     config = RolloutConfig(group_size=args.group_size, max_turn_tokens=max(args.turn_tokens, 128),
                            max_episode_tokens=32768, max_turns=2, render_tools=True,
                            image_min_pixels=args.image_min_pixels, image_max_pixels=args.image_max_pixels)
@@ -242,27 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     requests = [EpisodeRequest(seed=i, options={"index": i // args.group_size}, sample_index=i % args.group_size)
                 for i in range(args.episodes)]
     scorer = TeacherScorer(teacher, pad_token_id=pad, batch_rows=args.teacher_rows, vision=vision)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        t0 = time.perf_counter()
-        trajs = engine.run(envs, requests, seed=args.seed, task="visual_qa")
-        sync()
-        t1 = time.perf_counter()
-        scorer.score(trajs)
-        sync()
-        t2 = time.perf_counter()
-        batch = collate(trajs, pad_token_id=pad)
-        stats = policy_update(student, optimizer, scheduler, batch, step=10, settings=ObjectiveConfig(),
-                              optim=OptimConfig(micro_batch_rows=args.micro_batch), total_steps=300,
-                              backward=lambda loss: loss.backward(),
-                              clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
-                              vision=vision)
-        sync()
-        t3 = time.perf_counter()
+    step = timed_step(lambda: engine.run(envs, requests, seed=args.seed, task="visual_qa"), scorer, student,
+                      pad_token_id=pad, micro_batch=args.micro_batch, device=device, autocast=autocast, vision=vision)
+    trajs, stats = step.trajectories, step.stats
     for env in envs:
         env.close()
     model_tokens = sum(t.num_model_tokens for t in trajs)
@@ -279,17 +197,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"episodes {n}, model tokens {model_tokens}, all tokens {all_tokens}, images {images}")
     print(f"per episode: {images / n:.2f} images, {image_tokens / n:.1f} image tokens, "
           f"{all_tokens / n:.1f} tokens, {model_tokens / n:.1f} model tokens")
-    print(f"rollout  {t1 - t0:7.2f} s  ({model_tokens / (t1 - t0):,.0f} generated tok/s; model "
+    print(f"rollout  {step.rollout_s:7.2f} s  ({model_tokens / step.rollout_s:,.0f} generated tok/s; model "
           f"{timing.get('generate_s', 0.0):.2f} s, env {timing.get('env_s', 0.0):.2f} s, "
           f"templating/images {timing.get('template_s', 0.0):.2f} s)")
-    print(f"teacher  {t2 - t1:7.2f} s  ({all_tokens / (t2 - t1):,.0f} scored tok/s)")
-    print(f"update   {t3 - t2:7.2f} s  ({all_tokens / (t3 - t2):,.0f} trained tok/s)")
-    print(f"step     {t3 - t0:7.2f} s; teacher share {100 * (t2 - t1) / (t3 - t0):.1f}%")
+    total_s = step.rollout_s + step.teacher_s + step.update_s
+    print(f"teacher  {step.teacher_s:7.2f} s  ({all_tokens / step.teacher_s:,.0f} scored tok/s)")
+    print(f"update   {step.update_s:7.2f} s  ({all_tokens / step.update_s:,.0f} trained tok/s)")
+    print(f"step     {total_s:7.2f} s; teacher share {100 * step.teacher_s / total_s:.1f}%")
     print(f"peak {'GPU memory' if cuda else 'process RSS'} {peak_gib:.2f} GiB")
     print({k: round(v, 4) for k, v in stats.items() if k.startswith("objective/")})
     return {"episodes": n, "model_tokens": model_tokens, "all_tokens": all_tokens, "images_per_episode": images / n,
-            "image_tokens_per_episode": image_tokens / n, "rollout_s": t1 - t0, "teacher_s": t2 - t1,
-            "update_s": t3 - t2, "peak_gib": peak_gib, **stats}
+            "image_tokens_per_episode": image_tokens / n, "rollout_s": step.rollout_s, "teacher_s": step.teacher_s,
+            "update_s": step.update_s, "peak_gib": peak_gib, **stats}
 
 
 if __name__ == "__main__":

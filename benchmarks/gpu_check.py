@@ -1,0 +1,153 @@
+"""Shared parts of the GPU step checks (``gpu_reopold_step.py``, ``gpu_vl_reopold_step.py``).
+
+Their stand-in generation backend, :class:`GoldFirstTurn`: a model with random weights never calls a tool, so the checks script the first assistant turn
+of every episode: the gold tool call, scored by the student in one teacher-forced forward (about
+the cost of the prefill it replaces; the few dozen decode steps of a sampled call are not
+timed), so its behaviour log-probs and entropies are the student's own. Later turns are sampled
+by the real :class:`HFGenerationBackend` decode loop. And the rest they share: the timed step
+(:func:`timed_step`), profile defaults and the device check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reopold_agent.batching import collate, pad_right
+from reopold_agent.policy_update import policy_update
+from reopold_agent.rollout.backend import Generation, GenerationBackend
+from reopold_agent.rollout.hf_backend import HFGenerationBackend
+from reopold_agent.sequence_scoring import sequence_logprobs
+from reopold_agent.teacher import TeacherScorer
+from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+
+
+class GoldFirstTurn(GenerationBackend):
+    """Turn 1: ``gold_text(prompt_text)``, scored by the student; later turns: the real decode loop.
+
+    Args:
+        then: the student's :class:`HFGenerationBackend` (its model, and vision processor for
+            a vision-language student, score the scripted turn).
+        tokenizer: decodes prompts and encodes the gold turn.
+        turn_tokens: budget of a sampled turn (a row cut there ends its episode, as any turn
+            that reaches its budget); the engine's ``max_turn_tokens`` only has to fit the call.
+        gold_text: the gold first turn of the episode whose prompt (decoded, special tokens kept)
+            is given.
+        chunk_rows: rows of the vocabulary projection computed at once.
+    """
+
+    def __init__(self, then: HFGenerationBackend, tokenizer, turn_tokens: int, gold_text: Callable[[str], str],
+                 chunk_rows: int = 1024) -> None:
+        self.then, self.tokenizer, self.turn_tokens = then, tokenizer, turn_tokens
+        self.gold_text, self.chunk_rows = gold_text, chunk_rows
+
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
+        """The engine treats every row once this returns (no row is handed over early)."""
+        rows = list(extra_inputs) if extra_inputs is not None else [None] * len(prompts)
+        texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in prompts]
+        first = [i for i, text in enumerate(texts) if text.count("<|im_start|>assistant") == 1]
+        rest = [i for i in range(len(prompts)) if i not in set(first)]
+        out: list[Generation | None] = [None] * len(prompts)
+        if first:
+            calls = [self._gold_call(texts[i], max_new_tokens[i]) for i in first]
+            for i, gen in zip(first, self._score([prompts[i] for i in first], calls, [rows[i] for i in first])):
+                out[i] = gen
+        if rest:
+            budgets = [min(max_new_tokens[i], self.turn_tokens) for i in rest]
+            gens = self.then.generate([prompts[i] for i in rest], budgets, params, seeds=[seeds[i] for i in rest],
+                                      extra_inputs=[rows[i] for i in rest] if extra_inputs is not None else None)
+            for i, gen in zip(rest, gens):
+                out[i] = gen
+        return out
+
+    def _gold_call(self, prompt_text: str, budget: int) -> tuple[list[int], bool]:
+        ids = self.tokenizer(self.gold_text(prompt_text), add_special_tokens=False)["input_ids"]
+        return ids[:budget], len(ids) <= budget
+
+    @torch.no_grad()
+    def _score(self, prompts, calls, rows) -> list[Generation]:
+        model, vision = self.then.model, self.then.vision
+        device = next(model.parameters()).device
+        ids_BT, attn_BT = pad_right([p + c for p, (c, _) in zip(prompts, calls)], self.then.pad_token_id)
+        ids_BT, attn_BT = ids_BT.to(device), attn_BT.to(device)
+        extra = None if vision is None else vision.forward_inputs([(r or {}).get("vision") for r in rows], ids_BT,
+                                                                   attn_BT)
+        was_training = model.training
+        model.eval()
+        try:
+            logp_BT, ent_BT = sequence_logprobs(model, ids_BT, attn_BT, with_entropy=True, chunk_rows=self.chunk_rows,
+                                                extra_inputs=extra)
+        finally:
+            model.train(was_training)
+        out = []
+        for b, (prompt, (call, complete)) in enumerate(zip(prompts, calls)):
+            cols = slice(len(prompt), len(prompt) + len(call))
+            out.append(Generation(call, logp_BT[b, cols].tolist(), ent_BT[b, cols].tolist(),
+                                  "stop" if complete else "length"))
+        return out
+
+
+def fill_defaults(args: argparse.Namespace, profile: dict) -> argparse.Namespace:
+    """Set every option of ``profile`` that the command line left at None."""
+    for key, value in profile.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def check_device(args: argparse.Namespace) -> torch.device:
+    """The device to run on; a GPU check runs on the CPU only as the ``--tiny`` smoke test."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("this check needs a CUDA GPU (or --device cpu --tiny for the smoke test)")
+    if device.type == "cpu" and not args.tiny:
+        raise SystemExit("on the CPU only the --tiny smoke test runs")
+    return device
+
+
+@dataclass
+class StepTimes:
+    """One timed step: its trajectories, the update's statistics and seconds per phase."""
+
+    trajectories: list
+    stats: dict[str, float]
+    rollout_s: float
+    teacher_s: float
+    update_s: float
+
+
+def timed_step(play: Callable[[], list], scorer: TeacherScorer, student: Any, *, pad_token_id: int, micro_batch: int,
+               device: torch.device, autocast: bool, vision: Any = None) -> StepTimes:
+    """Rollout (``play()``), teacher scoring and one REOPOLD update (AdamW, lr 1e-6), each timed.
+
+    Under bf16 autocast if ``autocast``; on a GPU, each phase ends with a synchronisation and
+    the peak memory statistics are reset first.
+    """
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        t0 = time.perf_counter()
+        trajs = play()
+        sync()
+        t1 = time.perf_counter()
+        scorer.score(trajs)
+        sync()
+        t2 = time.perf_counter()
+        batch = collate(trajs, pad_token_id=pad_token_id)
+        stats = policy_update(student, optimizer, scheduler, batch, step=10, settings=ObjectiveConfig(),
+                              optim=OptimConfig(micro_batch_rows=micro_batch), total_steps=300,
+                              backward=lambda loss: loss.backward(),
+                              clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
+                              vision=vision)
+        sync()
+        t3 = time.perf_counter()
+    return StepTimes(trajs, stats, t1 - t0, t2 - t1, t3 - t2)
