@@ -126,6 +126,11 @@ def empty_workdir(workdir: str = INSIDE_WORKDIR) -> None:
     os.chdir("/")
     for name in os.listxattr(workdir, follow_symlinks=False):
         os.removexattr(workdir, name, follow_symlinks=False)
+    _reset_owner_mode_times(workdir)
+
+
+def _reset_owner_mode_times(workdir: str) -> None:
+    """Give ``workdir`` back to root, mode 0700, times 0: as :func:`mount_workdir` left it."""
     os.chown(workdir, 0, 0)
     os.chmod(workdir, 0o700)
     os.utime(workdir, ns=(0, 0))
@@ -169,9 +174,7 @@ def reset_workdir(libc, empty_size: "int | None", workdir: str = INSIDE_WORKDIR)
     try:
         if empty_size is not None and os.lstat(workdir).st_size == empty_size and \
                 libc.llistxattr(workdir.encode(), None, 0) == 0:
-            os.chown(workdir, 0, 0)
-            os.chmod(workdir, 0o700)
-            os.utime(workdir, ns=(0, 0))
+            _reset_owner_mode_times(workdir)
             return True
     except OSError:
         pass
