@@ -70,11 +70,12 @@ PROFILES = {
 
 
 def build(shape: str, tokenizer, vocab: int, dtype: torch.dtype, device: torch.device, seed: int):
-    """A randomly initialised Qwen2 causal LM of shape ``shape`` with the tokenizer's special ids."""
+    """A randomly initialised Qwen2 causal LM of shape ``shape`` (tokenizer's special ids), made on ``device``."""
     config = Qwen2Config(vocab_size=vocab, max_position_embeddings=32768, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
+    with torch.device(device):
+        return Qwen2ForCausalLM._from_config(config, dtype=dtype)
 
 
 def gold_calls(env: ToolMathEnv, items: int) -> dict[str, str]:
