@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from reopold_agent.batching import collate, pad_right
+from reopold_agent.commands import avoid_cudnn_attention
 from reopold_agent.policy_update import policy_update
 from reopold_agent.rollout.backend import Generation, GenerationBackend
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
@@ -101,7 +102,11 @@ def fill_defaults(args: argparse.Namespace, profile: dict) -> argparse.Namespace
 
 
 def check_device(args: argparse.Namespace) -> torch.device:
-    """The device to run on; a GPU check runs on the CPU only as the ``--tiny`` smoke test."""
+    """The device to run on; a GPU check runs on the CPU only as the ``--tiny`` smoke test.
+
+    Attention avoids cuDNN, as in training (:func:`reopold_agent.commands.avoid_cudnn_attention`).
+    """
+    avoid_cudnn_attention()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this check needs a CUDA GPU (or --device cpu --tiny for the smoke test)")

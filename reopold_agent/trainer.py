@@ -8,6 +8,10 @@ Data order is a pure function of ``(train.seed, step)``: step k plays positions
 ``k*P .. k*P+P-1`` of a seeded stream over the train split, reshuffled every pass
 (:mod:`reopold_agent.data_order`), with sampling seeds derived from the step, so a resumed run
 replays exactly the prompts an uninterrupted run would have.
+
+Rollouts, evaluations and the update all run under the accelerator's autocast (bf16 on a GPU),
+so the student samples in the precision in which the update recomputes its log-probs; in
+float32 on the CPU autocast is off and nothing changes.
 """
 
 from __future__ import annotations
@@ -92,15 +96,16 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One step: play, score, update; logs and returns the step's metrics."""
         cfg, parts = self.config, self.parts
+        acc = parts.accelerator
         t0 = time.perf_counter()
-        trajectories = self._rollout(step)
+        with acc.autocast():  # sample in the precision the update recomputes the log-probs in
+            trajectories = self._rollout(step)
         t1 = time.perf_counter()
         if parts.teacher is not None:
             parts.teacher.score(trajectories)
         t2 = time.perf_counter()
         batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
                         require_teacher=parts.teacher is not None)
-        acc = parts.accelerator
         with acc.autocast():
             stats = policy_update(
                 parts.student, parts.optimizer, parts.scheduler, batch,
@@ -194,11 +199,12 @@ class Trainer:
         cfg, parts = self.config, self.parts
         if cfg.eval.num_problems <= 0 or not parts.accelerator.is_main_process:
             return {}
-        metrics, trajs = evaluate(
-            engine or parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
-            samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
-            seed=cfg.train.seed + 7, step=step,
-        )
+        with parts.accelerator.autocast():  # the policy as it is trained and sampled
+            metrics, trajs = evaluate(
+                engine or parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
+                samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
+                seed=cfg.train.seed + 7, step=step,
+            )
         if prefix != "eval/":
             metrics = {prefix + k[len("eval/"):]: v for k, v in metrics.items()}
             name = f"eval_teacher_{step:06d}"

@@ -206,6 +206,37 @@ def test_cosine_lr_decay_reaches_its_final_ratio_on_the_last_step(tiny_models, t
     assert lrs[0] == pytest.approx(0.75e-3) and lrs[-1] == pytest.approx(0.5e-3)
 
 
+def test_bf16_run_samples_and_evaluates_under_the_updates_autocast_without_cudnn_attention(tiny_models, tmp_path,
+                                                                                            monkeypatch):
+    """model.dtype=bfloat16 on the CPU: accelerate's bf16 autocast, as on a GPU."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from reopold_agent.rollout.hf_backend import HFGenerationBackend
+
+    under_autocast = []
+    generate = HFGenerationBackend.generate
+
+    def recording_generate(self, *args, **kwargs):
+        under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFGenerationBackend, "generate", recording_generate)
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    AcceleratorState._reset_state(True)  # accelerate keeps one state per process; earlier runs chose "no"
+    try:
+        argv = _args(tiny_models, tmp_path / "bf16", steps=1, extra=["--set", "model.dtype=bfloat16"])
+        assert main(argv) == 0
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_before)
+        AcceleratorState._reset_state(True)
+    rows = read_metrics(tmp_path / "bf16")
+    assert any("eval/teacher_greedy_accuracy" in r for r in rows) and any("eval/greedy_accuracy" in r for r in rows)
+    assert len(under_autocast) >= 3 and all(under_autocast)  # teacher eval, student evals, the training rollout
+
+
 def test_train_and_eval_engines_generate_with_the_configured_threads():
     tok, model = tiny.tokenizer(), tiny.model("micro")
     config = TrainConfig(rollout=RolloutConfig(torch_threads=1, tool_batch_wait_s=0.5))
