@@ -8,7 +8,8 @@ above the median means some steps stalled):
 
 Rollout time is split into model generation, environment steps (tool calls, run
 concurrently: the time spent submitting them and waiting for them while no generation runs)
-and templating/bookkeeping; "outside the models" = environments + templating.
+and templating/bookkeeping; "outside the models" = environments + templating; "all but the
+model" also counts what neither covers (building the trajectories at the end, the loop itself).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
                         ("outside the models / rollout", ("time/rollout_env_s", "time/rollout_template_s"))):
         share = [sum(r[k] for k in keys) / r["time/rollout_s"] for r in rest]
         print(f"{label:34s} {statistics.median(share):10.1%}")
+    not_model = [1 - r["time/rollout_generate_s"] / r["time/rollout_s"] for r in rest]
+    print(f"{'all but the model / rollout':34s} {statistics.median(not_model):10.1%}")
     print(f"peak resident memory {peak_mb:,.0f} MiB over {len(rows)} steps")
 
 

@@ -12,6 +12,12 @@ the ids of what comes *after* them:
 
 The suffix is found by rendering a fixed probe conversation with and without the appended
 messages and taking the difference, so it depends only on the template, not on the history.
+Tool turns of the same shape (same roles and fields, other text contents) are rendered once:
+the rendering with a marker in place of each content is split around the markers, and later
+turns fill in their contents. That is exact only for templates that insert a tool message's
+text verbatim, which the templater checks when it is built (on contents with spaces at the
+ends, newlines, quotes, JSON, markup and an empty one); for any other template, and for
+contents that are not plain text (images), every tool turn is rendered in full.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import json
 from typing import Any
 
 _PROMPT_CACHE_SIZE = 4096
+_SKELETON_CACHE_SIZE = 1024
+_CONTENT_MARK = "\x00reopold-tool-content-{}\x00"
+_VERBATIM_PROBES = ("", "7", " 42 \n", "\n\nline\n\n", "a\tb  ", '{"x": "y\\n", "z": [1, 2]}',
+                    "</tool_response><|im_end|>\n<tool_call>", "'\"\\ & <b>", "Traceback:\n  x\u00fc\u20ac")
 _PROBE = [
     {"role": "system", "content": "S"},
     {"role": "user", "content": "U"},
@@ -47,6 +57,16 @@ class ChatTemplater:
         """Text the template puts after an assistant message's content (e.g. ``<|im_end|>\\n``)."""
         self._probe_text = probe_text
         self._prompts: dict[str, list[int]] = {}
+        self._skeletons: dict[str, list[str] | None] = {}
+        self._verbatim: bool | None = None
+
+    @property
+    def verbatim_tool_content(self) -> bool:
+        """Whether tool turns are filled into cached skeletons (checked on first use; see the
+        module docstring)."""
+        if self._verbatim is None:
+            self._verbatim = self._inserts_tool_content_verbatim()
+        return self._verbatim
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> list[int]:
         """Token ids of the opening messages followed by the generation prompt.
@@ -74,10 +94,53 @@ class ChatTemplater:
         Covers the unfinished part of the assistant closer, the tool messages and the next
         generation prompt.
         """
+        return self.encode(self.closer_remainder(generated_text) + self._tool_turn_text(tool_messages))
+
+    def _tool_turn_text(self, tool_messages: list[dict[str, Any]]) -> str:
+        """What the template appends after an assistant turn for ``tool_messages``, generation
+        prompt included; from the cached skeleton of their shape when the template allows."""
+        key = _shape_key(tool_messages) if self.verbatim_tool_content else None
+        if key is None:
+            return self._render_tool_turn(tool_messages)
+        if key not in self._skeletons:
+            if len(self._skeletons) >= _SKELETON_CACHE_SIZE:
+                self._skeletons.clear()
+            self._skeletons[key] = self._skeleton(tool_messages)
+        pieces = self._skeletons[key]
+        if pieces is None:  # the markers did not come out one each, in order
+            return self._render_tool_turn(tool_messages)
+        return _fill(pieces, tool_messages)
+
+    def _render_tool_turn(self, tool_messages: list[dict[str, Any]]) -> str:
         full = self._render(_PROBE + tool_messages, add_generation_prompt=True)
         if not full.startswith(self._probe_text):
             raise ValueError("chat template is not append-only for tool messages; cannot template tool turns")
-        return self.encode(self.closer_remainder(generated_text) + full[len(self._probe_text):])
+        return full[len(self._probe_text):]
+
+    def _skeleton(self, tool_messages: list[dict[str, Any]]) -> list[str] | None:
+        """The rendered tool turn split around each message's content (None if it cannot be)."""
+        marks = [_CONTENT_MARK.format(i) for i in range(len(tool_messages))]
+        text = self._render_tool_turn([dict(m, content=mark) for m, mark in zip(tool_messages, marks)])
+        pieces = []
+        for mark in marks:
+            if text.count(mark) != 1:
+                return None
+            head, text = text.split(mark)
+            pieces.append(head)
+        return pieces + [text]
+
+    def _inserts_tool_content_verbatim(self) -> bool:
+        """Whether filling skeletons gives the full rendering on the probe contents."""
+        try:
+            for content in _VERBATIM_PROBES:
+                for messages in ([{"role": "tool", "content": content}],
+                                 [{"role": "tool", "content": "1"}, {"role": "tool", "content": content}]):
+                    pieces = self._skeleton(messages)
+                    if pieces is None or _fill(pieces, messages) != self._render_tool_turn(messages):
+                        return False
+        except Exception:  # noqa: BLE001 - e.g. a template without tool messages: render in full (and fail there)
+            return False
+        return True
 
     def closer_remainder(self, generated_text: str) -> str:
         """The part of the assistant closer that the generated text does not already end with."""
@@ -94,3 +157,18 @@ class ChatTemplater:
         return self.tokenizer.apply_chat_template(
             messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+
+
+def _shape_key(tool_messages: list[dict[str, Any]]) -> str | None:
+    """Everything of the messages but their text contents, as a key (None unless all are text)."""
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in tool_messages):
+        return None
+    try:
+        return json.dumps([{k: v for k, v in m.items() if k != "content"} for m in tool_messages])
+    except (TypeError, ValueError):
+        return None
+
+
+def _fill(pieces: list[str], tool_messages: list[dict[str, Any]]) -> str:
+    """The skeleton ``pieces`` with each message's content between its two pieces."""
+    return pieces[0] + "".join(m["content"] + piece for m, piece in zip(tool_messages, pieces[1:]))

@@ -1,3 +1,5 @@
+import copy
+
 from reopold_agent.rollout.templating import ChatTemplater
 from tests import tiny
 
@@ -66,3 +68,51 @@ def test_a_prompt_that_is_not_json_is_templated_every_time():
     renders = tok.renders
     assert t.prompt_ids(conv, None) == t.prompt_ids(conv, None)
     assert tok.renders == renders + 2
+
+
+_TRICKY = ["", " 42 \n", "a\n\nb", '{"k": "v\\n"}', "</tool_response><|im_end|>", "x" * 3000]
+
+
+def test_tool_turns_of_one_shape_are_rendered_once_and_equal_the_full_rendering():
+    tok = _CountingTokenizer(tiny.tokenizer())
+    t = ChatTemplater(tok)
+    assert t.verbatim_tool_content
+    full = ChatTemplater(tiny.tokenizer())
+    full._verbatim = False  # the reference: every tool turn rendered in full
+    t.tool_turn_ids("x</tool_call>", [{"role": "tool", "content": "first"}])
+    t.tool_turn_ids("x</tool_call>", [{"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}])
+    renders = tok.renders
+    for content in _TRICKY + ["Traceback (most recent call last):\n  ZeroDivisionError\n"]:
+        for messages in ([{"role": "tool", "content": content}],
+                         [{"role": "tool", "content": content}, {"role": "tool", "content": content[::-1]}]):
+            for generated in ("x</tool_call>", "done<|im_end|>"):
+                assert t.tool_turn_ids(generated, messages) == full.tool_turn_ids(generated, messages)
+    assert tok.renders == renders
+    t.tool_turn_ids("x</tool_call>", [{"role": "tool", "content": "1", "name": "python"}])  # another shape
+    assert tok.renders == renders + 1
+
+
+_TRIMMING_TEMPLATE = (
+    "{%- for m in messages -%}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
+def test_a_template_that_changes_tool_content_renders_every_tool_turn():
+    tok = copy.deepcopy(tiny.tokenizer())  # the shared one keeps its template
+    tok.chat_template = _TRIMMING_TEMPLATE
+    t = ChatTemplater(tok)
+    assert not t.verbatim_tool_content
+    ids = t.tool_turn_ids("x<|im_end|>", [{"role": "tool", "content": "  42 \n"}])
+    assert "<|im_start|>tool\n42<|im_end|>" in tok.decode(ids)
+
+
+def test_tool_contents_that_are_not_text_are_rendered_every_time():
+    tok = _CountingTokenizer(tiny.tokenizer())
+    t = ChatTemplater(tok)
+    assert t.verbatim_tool_content
+    messages = [{"role": "tool", "content": [{"type": "text", "text": "42"}]}]
+    renders = tok.renders
+    first = t.tool_turn_ids("x</tool_call>", messages)
+    assert t.tool_turn_ids("x</tool_call>", messages) == first and tok.renders == renders + 2
+    assert tok.tok.decode(first).count("<tool_response>\n42\n</tool_response>") == 1
