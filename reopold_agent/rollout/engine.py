@@ -346,11 +346,12 @@ class RolloutEngine:
             return _note(f"image not shown: {exc}"), None
 
     def _to_trajectory(self, ep: _Episode, *, step: int, task: str) -> Trajectory:
+        model = TokenSource.MODEL.value  # looked up once: an enum member's value costs a call
         return Trajectory(
             token_ids=ep.token_ids,
             source=ep.source,
             turn=ep.turn,
-            loss_mask=[int(s == TokenSource.MODEL.value) for s in ep.source],
+            loss_mask=[int(s == model) for s in ep.source],
             logprobs=ep.logprobs,
             entropy=ep.entropy,
             messages=ep.messages,
