@@ -15,9 +15,10 @@ messages and taking the difference, so it depends only on the template, not on t
 Tool turns of the same shape (same roles and fields, other text contents) are rendered once:
 the rendering with a marker in place of each content is split around the markers, and later
 turns fill in their contents. That is exact only for templates that insert a tool message's
-text verbatim, which the templater checks when it is built (on contents with spaces at the
-ends, newlines, quotes, JSON, markup and an empty one); for any other template, and for
-contents that are not plain text (images), every tool turn is rendered in full.
+text verbatim, which the templater checks on its first tool turn (full renderings against
+filled skeletons, on contents with spaces at the ends, newlines, quotes, JSON, markup and an
+empty one); for any other template, and for contents that are not plain text (images), every
+tool turn is rendered in full.
 """
 
 from __future__ import annotations
