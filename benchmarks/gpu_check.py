@@ -5,7 +5,7 @@ of every episode: the gold tool call, scored by the student in one teacher-force
 the cost of the prefill it replaces; the few dozen decode steps of a sampled call are not
 timed), so its behaviour log-probs and entropies are the student's own. Later turns are sampled
 by the real :class:`HFGenerationBackend` decode loop. And the rest they share: the timed step
-(:func:`timed_step`), profile defaults and the device check.
+(:func:`timed_step`, :func:`timed_steps`), profile defaults and the device check.
 """
 
 from __future__ import annotations
@@ -156,3 +156,20 @@ def timed_step(play: Callable[[], list], scorer: TeacherScorer, student: Any, *,
         sync()
         t3 = time.perf_counter()
     return StepTimes(trajs, stats, t1 - t0, t2 - t1, t3 - t2)
+
+
+def timed_steps(count: int, play: Callable[[int], list], scorer: TeacherScorer, student: Any,
+                **step_options: Any) -> StepTimes:
+    """``count`` :func:`timed_step` calls on the same models, step ``i`` playing ``play(i)``.
+
+    Prints each step's phases and returns the last step. The first step also pays one-time
+    costs (kernel choices, attention plans, the allocator's growth), so a later step tells what
+    a training step costs.
+    """
+    if count < 1:
+        raise ValueError(f"steps must be >= 1, got {count}")
+    for i in range(count):
+        step = timed_step(lambda: play(i), scorer, student, **step_options)
+        print(f"step {i + 1}/{count}: rollout {step.rollout_s:.2f} s, teacher {step.teacher_s:.2f} s, "
+              f"update {step.update_s:.2f} s")
+    return step

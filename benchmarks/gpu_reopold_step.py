@@ -45,7 +45,7 @@ from reopold_agent.tool_protocol import render_tool_call
 from reopold_agent.vision.loading import enable_activation_checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_step  # noqa: E402 - this script's neighbour
+from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_steps  # noqa: E402 - this script's neighbour
 
 SHAPES = {
     # Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct config.json
@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--turn-tokens", type=int, help="budget of the sampled (second) assistant turn")
     p.add_argument("--micro-batch", type=int, help="trajectories per forward/backward of the update")
     p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
+    p.add_argument("--steps", type=int, default=2,
+                   help="steps on the same models (each samples anew); figures of the last (default 2)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
@@ -129,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 for i in range(args.episodes)]
     scorer = TeacherScorer(teacher, pad_token_id=pad, batch_rows=args.teacher_rows)
     try:
-        step = timed_step(lambda: engine.run(envs, requests, seed=args.seed, task="tool_math"), scorer, student,
-                          pad_token_id=pad, micro_batch=args.micro_batch, device=device, autocast=cuda)
+        step = timed_steps(args.steps, lambda i: engine.run(envs, requests, seed=args.seed + i, task="tool_math"),
+                           scorer, student, pad_token_id=pad, micro_batch=args.micro_batch, device=device,
+                           autocast=cuda)
     finally:
         sandbox.close()
     trajs, stats = step.trajectories, step.stats

@@ -60,7 +60,7 @@ from reopold_agent.vision.loading import enable_activation_checkpointing
 from reopold_agent.vision.tiny import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_step  # noqa: E402 - this script's neighbour
+from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_steps  # noqa: E402 - this script's neighbour
 
 _QWEN25_VL_VISION = dict(vision_depth=32, vision_hidden_size=1280, vision_num_heads=16, vision_intermediate_size=3420,
                          patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
@@ -146,6 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-dtype", choices=sorted(DTYPES), help="teacher parameter dtype (default bf16, tiny fp32)")
     p.add_argument("--autocast", action=argparse.BooleanOptionalAction,
                    help="run the step under bf16 autocast (default: on a GPU)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="steps on the same models (each samples anew); figures of the last (default 2)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
@@ -178,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     requests = [EpisodeRequest(seed=i, options={"index": i // args.group_size}, sample_index=i % args.group_size)
                 for i in range(args.episodes)]
     scorer = TeacherScorer(teacher, pad_token_id=pad, batch_rows=args.teacher_rows, vision=vision)
-    step = timed_step(lambda: engine.run(envs, requests, seed=args.seed, task="visual_qa"), scorer, student,
-                      pad_token_id=pad, micro_batch=args.micro_batch, device=device, autocast=autocast, vision=vision)
+    step = timed_steps(args.steps, lambda i: engine.run(envs, requests, seed=args.seed + i, task="visual_qa"),
+                       scorer, student, pad_token_id=pad, micro_batch=args.micro_batch, device=device,
+                       autocast=autocast, vision=vision)
     trajs, stats = step.trajectories, step.stats
     for env in envs:
         env.close()

@@ -20,7 +20,8 @@ def test_gpu_vl_reopold_step_runs_in_tiny_cpu_mode(capsys):
     bench = _load("gpu_vl_reopold_step")
     result = bench.main(["--device", "cpu", "--tiny"])
     out = capsys.readouterr().out
-    for line in ("rollout ", "teacher ", "update ", "step ", "peak process RSS", "image tokens"):
+    for line in ("rollout ", "teacher ", "update ", "step ", "peak process RSS", "image tokens", "step 1/2:",
+                 "step 2/2:"):
         assert line in out
     assert result["episodes"] == 4
     # every episode: the prompt's image and the zoomed crop, each resized to 56x56 = 4 image tokens
@@ -49,7 +50,8 @@ def test_gpu_reopold_step_runs_in_tiny_cpu_mode(capsys):
     bench = _load("gpu_reopold_step")
     result = bench.main(["--device", "cpu", "--tiny"])
     out = capsys.readouterr().out
-    for line in ("rollout ", "outside the models", "teacher ", "update ", "step ", "peak process RSS"):
+    for line in ("rollout ", "outside the models", "teacher ", "update ", "step ", "peak process RSS", "step 1/2:",
+                 "step 2/2:"):
         assert line in out
     # every episode: the gold python call, run by the sandboxed tool, then up to 8 sampled tokens
     assert result["episodes"] == 4 and result["tool_calls"] == 4 and result["tool_tokens"] > 0
