@@ -104,9 +104,13 @@ def fill_defaults(args: argparse.Namespace, profile: dict) -> argparse.Namespace
 def check_device(args: argparse.Namespace) -> torch.device:
     """The device to run on; a GPU check runs on the CPU only as the ``--tiny`` smoke test.
 
-    Attention avoids cuDNN, as in training (:func:`reopold_agent.commands.avoid_cudnn_attention`).
+    Attention avoids cuDNN, as in training (:func:`reopold_agent.commands.avoid_cudnn_attention`),
+    unless ``args.cudnn_attention`` asks for PyTorch's default choice (to compare the two).
     """
-    avoid_cudnn_attention()
+    if args.cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    else:
+        avoid_cudnn_attention()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this check needs a CUDA GPU (or --device cpu --tiny for the smoke test)")

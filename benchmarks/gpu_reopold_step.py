@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
     p.add_argument("--steps", type=int, default=2,
                    help="steps on the same models (each samples anew); figures of the last (default 2)")
+    p.add_argument("--cudnn-attention", action="store_true",
+                   help="let PyTorch pick cuDNN attention (training turns it off), to compare the two")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}  "
-          f"student {args.student} (fp32 weights) / teacher {args.teacher}, bf16 autocast: {cuda}")
+          f"student {args.student} (fp32 weights) / teacher {args.teacher}, bf16 autocast: {cuda}, "
+          f"cuDNN attention: {args.cudnn_attention}")
     print(f"episodes {len(trajs)}, tool calls {tool_calls}, model tokens {model_tokens}, all tokens {all_tokens}")
     print(f"rollout  {step.rollout_s:7.2f} s  ({model_tokens / step.rollout_s:,.0f} generated tok/s; model "
           f"{timing['generate_s']:.2f} s, tool calls {timing['env_s']:.2f} s, templating {timing['template_s']:.2f} s: "

@@ -148,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the step under bf16 autocast (default: on a GPU)")
     p.add_argument("--steps", type=int, default=2,
                    help="steps on the same models (each samples anew); figures of the last (default 2)")
+    p.add_argument("--cudnn-attention", action="store_true",
+                   help="let PyTorch pick cuDNN attention (training turns it off), to compare the two")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     timing = engine.timings
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}  torch {torch.__version__}  "
           f"student {args.student_shape} ({args.dtype}) / teacher {args.teacher_shape} ({args.teacher_dtype}), "
-          f"bf16 autocast: {autocast}")
+          f"bf16 autocast: {autocast}, cuDNN attention: {args.cudnn_attention}")
     print(f"episodes {n}, model tokens {model_tokens}, all tokens {all_tokens}, images {images}")
     print(f"per episode: {images / n:.2f} images, {image_tokens / n:.1f} image tokens, "
           f"{all_tokens / n:.1f} tokens, {model_tokens / n:.1f} model tokens")

@@ -71,3 +71,18 @@ def test_gpu_reopold_step_uses_the_qwen2_5_shapes():
              for name in ("0.5b", "1.5b")}
     assert shape == {"0.5b": (896, 24, 14, 2, 4864), "1.5b": (1536, 28, 12, 2, 8960)}
     assert bench.PROFILES["full"]["vocab"] == 151936
+
+
+def test_gpu_checks_turn_cudnn_attention_off_unless_asked(capsys):
+    import torch
+
+    bench = _load("gpu_reopold_step")
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        bench.main(["--device", "cpu", "--tiny", "--steps", "1"])
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and "cuDNN attention: False" in capsys.readouterr().out
+        bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--cudnn-attention"])
+        assert torch.backends.cuda.cudnn_sdp_enabled() and "cuDNN attention: True" in capsys.readouterr().out
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
