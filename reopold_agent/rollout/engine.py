@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ class RolloutEngine:
                 stop.add(end_id)
         suppress = (vision.image_token_id,) if vision is not None else ()
         self.sampling = SamplingParams(config.temperature, config.top_p, config.top_k, tuple(sorted(stop)), suppress)
+        self._pool: ThreadPoolExecutor | None = None
         self.timings: dict[str, float] = {}
         """Seconds spent in the last :meth:`run`: generate_s (model), env_s (submitting tool
         steps, and waiting for them with no episode ready to generate), template_s (chat
@@ -165,12 +167,23 @@ class RolloutEngine:
         start = time.perf_counter()
         episodes = [self._open(i, env, req) for i, (env, req) in enumerate(zip(envs, requests))]
         self.timings["template_s"] += time.perf_counter() - start
-        with ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="reopold-tool") as pool:
-            self._play(episodes, pool, seed)
+        self._play(episodes, self._tool_pool(), seed)
         return [self._to_trajectory(ep, step=step, task=task) for ep in episodes]
 
+    def _tool_pool(self) -> ThreadPoolExecutor:
+        """The threads that run environment steps, started once and kept for later runs (with
+        a pool per run most submissions started a thread: 0.23 ms each, 0.009 ms now)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="reopold-tool")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
+
     def _play(self, episodes: list[_Episode], pool: Executor, seed: int) -> None:
-        """Generate for ready episodes, submit their steps, absorb finished steps; until all end."""
+        """Generate for ready episodes, submit their steps, absorb finished steps; until all end.
+
+        If anything raises, the steps already submitted are waited for first: none of them
+        outlives the run (the environments are reused by the next one).
+        """
         ready = [ep for ep in episodes if not ep.done]
         pending: dict[Future, _Episode] = {}
 
@@ -178,16 +191,19 @@ class RolloutEngine:
             action = _strip_eos(ep.last_text, self.tokenizer)
             pending[pool.submit(guarded_step, ep.env, action)] = ep
 
-        while ready or pending:
-            if ready:
-                self._generate_turn(ready, seed=seed, on_turn_done=submit)
-            ready = []
-            for ep, outcome in self._wait_for_steps(pending):
-                start = time.perf_counter()
-                self._absorb(ep, outcome)
-                self.timings["template_s"] += time.perf_counter() - start
-                if not ep.done:
-                    ready.append(ep)
+        try:
+            while ready or pending:
+                if ready:
+                    self._generate_turn(ready, seed=seed, on_turn_done=submit)
+                ready = []
+                for ep, outcome in self._wait_for_steps(pending):
+                    start = time.perf_counter()
+                    self._absorb(ep, outcome)
+                    self.timings["template_s"] += time.perf_counter() - start
+                    if not ep.done:
+                        ready.append(ep)
+        finally:
+            wait(pending)
 
     def _wait_for_steps(self, pending: dict[Future, _Episode]) -> list[tuple[_Episode, StepOutcome]]:
         """Block until a step finishes, then up to the straggler wait; pop the finished ones."""

@@ -284,3 +284,39 @@ def test_negative_straggler_wait_and_zero_generation_threads_are_rejected():
         RolloutConfig(tool_batch_gap_s=0.0)
     with pytest.raises(ValueError, match="rollout.torch_threads"):
         RolloutConfig(torch_threads=0)
+
+
+def test_later_runs_reuse_the_tool_threads():
+    tok = tiny.tokenizer()
+    seen = []
+
+    class Recording(WorkEnv):
+        def step(self, action):
+            seen.append(threading.current_thread())
+            return super().step(action)
+
+    script = [[call(), answer(e)] for e in range(4)]
+    config = RolloutConfig(max_turn_tokens=96, max_episode_tokens=1024, tool_workers=2)
+    engine = RolloutEngine(ScriptedBackend(tok, script), tok, config)
+    for _ in range(3):
+        engine.run([Recording() for _ in range(4)], [EpisodeRequest(seed=e, options={"index": e}) for e in range(4)],
+                   seed=0)
+    assert len(seen) == 3 * 4 * 2 and len(set(seen)) <= 2
+
+
+class FailsOnSecondCall(ScriptedBackend):
+    def generate(self, prompts, max_new_tokens, params, *, seeds, extra_inputs=None, on_row_done=None):
+        if self.batches:
+            raise RuntimeError("model exploded")
+        return super().generate(prompts, max_new_tokens, params, seeds=seeds)
+
+
+def test_a_failed_run_waits_for_the_tool_calls_it_started():
+    """The environments are reused by the next run: no step of a failed run may still be running."""
+    tok = tiny.tokenizer()
+    envs = [WorkEnv(), WorkEnv((1.0,))]
+    engine = RolloutEngine(FailsOnSecondCall(tok, [[call(), answer(0)], [call(), answer(1)]]), tok,
+                           RolloutConfig(max_turn_tokens=96, max_episode_tokens=1024))
+    with pytest.raises(RuntimeError, match="model exploded"):
+        engine.run(envs, [EpisodeRequest(seed=e, options={"index": e}) for e in range(2)], seed=0)
+    assert envs[1].tool.runs == 1  # its slow step ended before run() raised
