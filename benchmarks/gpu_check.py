@@ -5,7 +5,8 @@ of every episode: the gold tool call, scored by the student in one teacher-force
 the cost of the prefill it replaces; the few dozen decode steps of a sampled call are not
 timed), so its behaviour log-probs and entropies are the student's own. Later turns are sampled
 by the real :class:`HFGenerationBackend` decode loop. And the rest they share: the timed step
-(:func:`timed_step`, :func:`timed_steps`), profile defaults and the device check.
+(:func:`timed_step`, :func:`timed_steps`), the shared options with their profile defaults
+(:func:`check_parser`, :func:`parse_with_profile`) and the device check.
 """
 
 from __future__ import annotations
@@ -93,9 +94,30 @@ class GoldFirstTurn(GenerationBackend):
         return out
 
 
-def fill_defaults(args: argparse.Namespace, profile: dict) -> argparse.Namespace:
-    """Set every option of ``profile`` that the command line left at None."""
-    for key, value in profile.items():
+def check_parser(description: str, tiny_help: str) -> argparse.ArgumentParser:
+    """A parser holding the options both GPU checks share; each check adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (only with --tiny)")
+    p.add_argument("--tiny", action="store_true", help=tiny_help)
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--group-size", type=int, help="rollouts per prompt")
+    p.add_argument("--turn-tokens", type=int, help="budget of the sampled (second) assistant turn")
+    p.add_argument("--micro-batch", type=int, help="trajectories per forward/backward of the update")
+    p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
+    p.add_argument("--steps", type=int, default=2,
+                   help="steps on the same models (each samples anew); figures of the last (default 2)")
+    p.add_argument("--cudnn-attention", action="store_true",
+                   help="let PyTorch pick cuDNN attention (training turns it off), to compare the two")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_with_profile(parser: argparse.ArgumentParser, argv: list[str] | None,
+                       profiles: dict[str, dict]) -> argparse.Namespace:
+    """Parse ``argv``; every option left at None takes its value from ``profiles["tiny"]`` with
+    ``--tiny``, else from ``profiles["full"]``."""
+    args = parser.parse_args(argv)
+    for key, value in profiles["tiny" if args.tiny else "full"].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args

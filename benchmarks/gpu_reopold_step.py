@@ -45,7 +45,8 @@ from reopold_agent.tool_protocol import render_tool_call
 from reopold_agent.vision.loading import enable_activation_checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_steps  # noqa: E402 - this script's neighbour
+from gpu_check import (  # noqa: E402 - this script's neighbour
+    GoldFirstTurn, check_device, check_parser, parse_with_profile, timed_steps)
 
 SHAPES = {
     # Qwen/Qwen2.5-0.5B-Instruct and Qwen/Qwen2.5-1.5B-Instruct config.json
@@ -88,21 +89,8 @@ def gold_calls(env: ToolMathEnv, items: int) -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (only with --tiny)")
-    p.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of this script")
-    p.add_argument("--episodes", type=int)
-    p.add_argument("--group-size", type=int, help="rollouts per prompt")
-    p.add_argument("--turn-tokens", type=int, help="budget of the sampled (second) assistant turn")
-    p.add_argument("--micro-batch", type=int, help="trajectories per forward/backward of the update")
-    p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
-    p.add_argument("--steps", type=int, default=2,
-                   help="steps on the same models (each samples anew); figures of the last (default 2)")
-    p.add_argument("--cudnn-attention", action="store_true",
-                   help="let PyTorch pick cuDNN attention (training turns it off), to compare the two")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
+    p = check_parser(__doc__.splitlines()[0], "tiny models: a smoke test of this script")
+    return parse_with_profile(p, argv, PROFILES)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

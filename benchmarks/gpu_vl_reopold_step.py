@@ -60,7 +60,8 @@ from reopold_agent.vision.loading import enable_activation_checkpointing
 from reopold_agent.vision.tiny import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import GoldFirstTurn, check_device, fill_defaults, timed_steps  # noqa: E402 - this script's neighbour
+from gpu_check import (  # noqa: E402 - this script's neighbour
+    GoldFirstTurn, check_device, check_parser, parse_with_profile, timed_steps)
 
 _QWEN25_VL_VISION = dict(vision_depth=32, vision_hidden_size=1280, vision_num_heads=16, vision_intermediate_size=3420,
                          patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
@@ -130,29 +131,16 @@ def zoom_into_asked_cell(prompt_text: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (only with --tiny)")
-    p.add_argument("--tiny", action="store_true", help="tiny VL models and 56x56 images: a smoke test of this script")
+    p = check_parser(__doc__.splitlines()[0], "tiny VL models and 56x56 images: a smoke test of this script")
     p.add_argument("--student-shape", choices=sorted(SHAPES))
     p.add_argument("--teacher-shape", choices=sorted(SHAPES), help="3b (default), 3b-half (smaller) or 7b")
-    p.add_argument("--episodes", type=int)
-    p.add_argument("--group-size", type=int, help="rollouts per prompt")
-    p.add_argument("--turn-tokens", type=int, help="budget of the sampled (second) assistant turn")
     p.add_argument("--image-min-pixels", type=int)
     p.add_argument("--image-max-pixels", type=int, help="rollout.image_max_pixels (default 401408)")
-    p.add_argument("--micro-batch", type=int, help="trajectories per forward/backward of the update")
-    p.add_argument("--teacher-rows", type=int, help="trajectories per teacher forward")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="student parameter dtype (default bf16, tiny fp32)")
     p.add_argument("--teacher-dtype", choices=sorted(DTYPES), help="teacher parameter dtype (default bf16, tiny fp32)")
     p.add_argument("--autocast", action=argparse.BooleanOptionalAction,
                    help="run the step under bf16 autocast (default: on a GPU)")
-    p.add_argument("--steps", type=int, default=2,
-                   help="steps on the same models (each samples anew); figures of the last (default 2)")
-    p.add_argument("--cudnn-attention", action="store_true",
-                   help="let PyTorch pick cuDNN attention (training turns it off), to compare the two")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    return fill_defaults(args, PROFILES["tiny" if args.tiny else "full"])
+    return parse_with_profile(p, argv, PROFILES)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
