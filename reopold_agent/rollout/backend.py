@@ -3,8 +3,9 @@
 The engine hands a backend a batch of token-id prompts and gets back, for every row, the sampled
 continuation, the behaviour log-probs of the sampled tokens under the *unwarped* distribution
 (raw logits, temperature 1: the policy the objective's ratio refers to), the student's entropy
-at each sampled position, and why the row stopped. A new backend (vLLM, a remote server) is a new
-class implementing :class:`GenerationBackend`; the engine does not change.
+at each sampled position where the backend computes it, and why the row stopped. A new backend
+(a remote server, say) is a new class implementing :class:`GenerationBackend`; the engine does
+not change. Two exist: :mod:`.hf_backend` (the trainer's own model) and :mod:`.vllm_backend`.
 """
 
 from __future__ import annotations
@@ -40,14 +41,22 @@ class Generation:
     """[N] sampled ids, including the stop token if one was hit."""
     logprobs: list[float]
     """[N] log pi_old(token) under the raw (temperature-1, unfiltered) logits."""
-    entropy: list[float]
-    """[N] entropy (nats) of the raw next-token distribution at each sampled position."""
+    entropy: list[float | None]
+    """[N] entropy (nats) of the raw next-token distribution at each sampled position; None
+    where the backend does not compute it (see ``GenerationBackend.reports_entropy``)."""
     finish_reason: Literal["stop", "length"]
     """"stop" when a stop token was sampled, "length" when the row's budget ran out."""
 
 
 class GenerationBackend(abc.ABC):
     """Samples continuations of token-id prompts from the current student."""
+
+    name: str = "hf"
+    """Recorded in every trajectory the backend samples (``Trajectory.sampler``)."""
+    reports_entropy: bool = True
+    """False for a backend that runs its own copy of the model (vLLM): its log-probs come from
+    other kernels and it gives no entropy, so the trainer recomputes both with its own model
+    before the update and logs how far the sampler's log-probs were from its own."""
 
     @abc.abstractmethod
     def generate(
@@ -82,3 +91,7 @@ class GenerationBackend(abc.ABC):
 
     def sync_weights(self, model: Any) -> None:
         """Load the trainer's current student weights (no-op for in-process backends)."""
+
+    def sleep(self) -> None:
+        """Free generation memory while the trainer scores and updates (no-op by default);
+        the next ``sync_weights`` or ``generate`` wakes the backend."""
