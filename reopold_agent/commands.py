@@ -63,16 +63,30 @@ def load_vision(model: Any, path: str, config: TrainConfig) -> Any:
                                      max_pixels=config.rollout.image_max_pixels)
 
 
-def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: bool = True) -> tuple[str, str | None]:
-    """(student, teacher) paths; the task's embedded tiny models fill in what is not named."""
+def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: bool = True,
+                        sandbox: Any = None) -> tuple[str, str | None]:
+    """(student, teacher) paths; the task's embedded tiny models fill in what is not named.
+
+    Building the embedded models measures them on probe episodes, whose tool calls run in
+    ``sandbox`` (or, when None, in a sandbox made from the run's settings for the build only).
+    """
     student, teacher = config.model.student, config.model.teacher
     if student is None or (teacher is None and need_teacher):
-        from .embedded import RECIPES, ensure_embedded_models
+        from .embedded import RECIPES, EmbeddedBuildError, ensure_embedded_models, is_built
 
         if config.task.name not in RECIPES:
             raise UsageError(f"task {config.task.name!r} has no embedded default models; name them with "
                              f"--student and --teacher (embedded defaults exist for: {', '.join(sorted(RECIPES))})")
-        built = ensure_embedded_models(config.task.name, cache_dir, log=_log)
+        own_sandbox = sandbox is None and not is_built(config.task.name, cache_dir)
+        if own_sandbox:
+            sandbox = build_sandbox(config)
+        try:
+            built = ensure_embedded_models(config.task.name, cache_dir, sandbox=sandbox, log=_log)
+        except EmbeddedBuildError as exc:
+            raise UsageError(f"{exc}; nothing was cached, so the next run builds again") from None
+        finally:
+            if own_sandbox:
+                sandbox.close()
         student = student or str(built.student)
         teacher = teacher or str(built.teacher)
     return student, teacher
@@ -156,7 +170,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     sandbox = build_sandbox(config)
     make_train_env, make_eval_env = make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval")
     need_teacher = config.objective.name != "grpo"
-    student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher)
+    student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher, sandbox=sandbox)
     param_dtype, low_dtype, mixed = model_dtypes(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     tokenizer = load_tokenizer(student_path)
@@ -217,13 +231,13 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     from .evaluation import evaluate
 
     avoid_cudnn_attention()
-    student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
+    sandbox = build_sandbox(config)
+    student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False, sandbox=sandbox)
     tokenizer = load_tokenizer(student_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _, low, _ = model_dtypes(config)
     model = load_model(student_path, dtype=low, role="student").to(device)
     vision = load_vision(model, student_path, config)
-    sandbox = build_sandbox(config)
     engine = rollout_engine(model, tokenizer, config, vision)
     metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
                           samples=config.eval.samples, greedy=config.eval.greedy,

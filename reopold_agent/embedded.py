@@ -4,8 +4,13 @@ With no model named, ``reopold-agent train --task tool_math`` needs a teacher th
 task with its tool and a student that does not yet. Both are built here from nothing, offline and
 deterministically: a byte-level BPE tokenizer trained on rendered gold conversations, then two
 Qwen3-style models of different sizes (a real capacity gap, as in the paper) fine-tuned on gold
-trajectories for different budgets. The result is cached under
-``<cache_dir>/embedded/<task>-<hash of the recipe and library versions>/{teacher,student}``;
+trajectories. Where a role's training stops is decided by a measurement, not a step count: every
+so many steps the model plays held-out problems greedily (through the real environment and
+sandbox) and stops once its accuracy is inside the role's :class:`AccuracyTarget` band. Learning
+on these tasks is abrupt (a few dozen steps take a model from 10% to 80%), so a fixed step count
+lands at very different accuracies on CPUs whose floating-point results differ; a measured stop
+does not. ``build.json`` records every measurement and what was reached. The result is cached
+under ``<cache_dir>/embedded/<task>-<hash of the recipe and library versions>/{teacher,student}``;
 building happens once per machine.
 """
 
@@ -17,18 +22,62 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .supervised import SupervisedConfig, supervised_train, tokenize_conversation
+from .rollout.config import RolloutConfig
+from .supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
 from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer
 from .tool_protocol import assistant_text
 from .vision.tiny import TinyVLSpec, build_tiny_vl, save_tiny_vl
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+
+
+class EmbeddedBuildError(RuntimeError):
+    """A role's measured accuracy did not land inside its target band."""
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """Where a role's supervised training stops: its greedy accuracy on probe problems.
+
+    Training runs to ``first_check``, then measures every ``every`` steps and stops at the first
+    measurement at or above ``low``. If that one is also above ``high`` (the accuracy jumped over
+    the band between two measurements), training goes back to the previous measurement and
+    advances ``fine_every`` steps at a time instead. A role that never reaches ``low`` by
+    ``max_steps``, or jumps over the band even at the fine spacing, fails the build with
+    :class:`EmbeddedBuildError`.
+    """
+
+    low: float
+    high: float = 1.0
+    first_check: int = 100
+    every: int = 25
+    fine_every: int = 5
+    max_steps: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high <= 1:
+            raise ValueError(f"accuracy band must satisfy 0 <= low <= high <= 1, got [{self.low}, {self.high}]")
+        if not 1 <= self.fine_every <= self.every and 1 <= self.first_check <= self.max_steps:
+            raise ValueError("need 1 <= fine_every <= every and 1 <= first_check <= max_steps")
+
+
+@dataclass(frozen=True)
+class AccuracyProbe:
+    """The held-out problems a build measures its models on (never the reported eval split)."""
+
+    env_kwargs: dict
+    """Environment settings of the probe episodes (split ``train``)."""
+    first_index: int = 50_000
+    """Train-split items from here on: beyond the gold conversations the models imitate."""
+    num_problems: int = 200
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
+    """Budgets of the probe episodes (greedy)."""
 
 
 @dataclass(frozen=True)
@@ -54,23 +103,45 @@ class EmbeddedRecipe:
     image-to-answer conversations (:func:`alignment_conversations`); the task stage then trains on
     the task conversations mixed with as many alignment ones, so reading images is not unlearned."""
 
+    teacher_target: AccuracyTarget | None = None
+    """When the teacher's training stops (None: after ``teacher_sft.steps``)."""
+    student_target: AccuracyTarget | None = None
+    """When the student's training stops (None: after ``student_sft.stop_after or steps``)."""
+    probe: AccuracyProbe | None = None
+    """Problems the targets are measured on; required when a target is set."""
+    build_threads: tuple[int, int] = (1, 1)
+    """Torch threads of the teacher's and the student's training and measurements. One thread
+    each: the build then gives the same models whatever the run's thread settings, and a second
+    busy core does not slow it several-fold (two threads then wait on each other)."""
+
+    def __post_init__(self) -> None:
+        if (self.teacher_target or self.student_target) and self.probe is None:
+            raise ValueError("an embedded recipe with an accuracy target needs a probe")
+
     @property
     def vision_language(self) -> bool:
         return isinstance(self.teacher_spec, TinyVLSpec)
 
 
 RECIPES: dict[str, EmbeddedRecipe] = {
-    # Measured on this project's 2-core reference machine: the teacher (0.46M parameters) solves
-    # 100% of held-out problems greedily; the student (0.19M, untied, 2 layers) is stopped in the
-    # middle of learning to copy numbers (20% greedy, 15% sampled at top-p 0.9). 50 more
-    # supervised steps would take it past 90%: it has the capacity, it lacks training signal.
+    # The teacher (0.46M parameters) trains until it solves at least 95% of the probe problems
+    # greedily. The student (0.19M, untied, 2 layers; head_dim 32, which vLLM's CPU attention
+    # accepts) follows a longer schedule and is stopped once it solves 15-35% greedily: in the
+    # middle of learning to copy numbers into its tool call and answer. It has the capacity to
+    # solve the task; what it lacks is training signal.
     "tool_math": EmbeddedRecipe(
         task="tool_math",
         teacher_spec=TINY_SPECS["micro"],
-        student_spec=TinyLMSpec(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
-                                num_kv_heads=2, tie_word_embeddings=False),
+        student_spec=TinyLMSpec(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=2,
+                                num_kv_heads=1, tie_word_embeddings=False),
         teacher_sft=SupervisedConfig(steps=800, batch_size=32, lr=3e-3, warmup_steps=100, seed=1),
-        student_sft=SupervisedConfig(steps=650, batch_size=32, lr=3e-3, warmup_steps=50, seed=2),
+        student_sft=SupervisedConfig(steps=1500, batch_size=32, lr=3e-3, warmup_steps=50, seed=2),
+        teacher_target=AccuracyTarget(low=0.95, first_check=800, every=100, fine_every=100, max_steps=1600),
+        student_target=AccuracyTarget(low=0.15, high=0.35, first_check=300, every=25, fine_every=5,
+                                      max_steps=1500),
+        probe=AccuracyProbe(env_kwargs={"max_tool_rounds": 2},
+                            rollout=RolloutConfig(max_turn_tokens=48, max_episode_tokens=256, max_turns=3,
+                                                  temperature=0.0)),
     ),
     # Tiny Qwen2.5-VL models on visual_qa "dots" (name the colour of the dot in a given cell,
     # zooming into it), every image at 56x56 pixels = 4 image tokens. Both are first aligned on
@@ -146,22 +217,41 @@ def task_tokenizer(conversations: list[list[dict]], *, vocab_size: int = 512, se
     return build_tokenizer(corpus, vocab_size=vocab_size, seed=seed)
 
 
-def ensure_embedded_models(task: str, cache_dir: str | Path, *,
+def embedded_folder(task: str, cache_dir: str | Path) -> Path:
+    """The cache folder of a task's embedded models (built or not)."""
+    return Path(cache_dir) / "embedded" / f"{task}-{recipe_key(RECIPES[task])}"
+
+
+def is_built(task: str, cache_dir: str | Path) -> bool:
+    """Whether the task's embedded models are already in the cache."""
+    return task in RECIPES and (embedded_folder(task, cache_dir) / "COMPLETE").exists()
+
+
+def ensure_embedded_models(task: str, cache_dir: str | Path, *, sandbox: Any = None,
                            log: Callable[[str], None] = print) -> EmbeddedModels:
-    """Paths of the task's embedded teacher and student, building them on first use."""
+    """Paths of the task's embedded teacher and student, building them on first use.
+
+    ``sandbox`` runs the tool calls of the probe episodes that decide where training stops
+    (needed only to build, and only for recipes with accuracy targets).
+
+    Raises:
+        EmbeddedBuildError: a role's measured accuracy missed its band (nothing is cached).
+    """
     if task not in RECIPES:
         raise ValueError(f"task {task!r} has no embedded default models; name them with --student and --teacher "
                          f"(embedded defaults exist for: {', '.join(sorted(RECIPES))})")
     recipe = RECIPES[task]
-    folder = Path(cache_dir) / "embedded" / f"{task}-{recipe_key(recipe)}"
+    folder = embedded_folder(task, cache_dir)
     models = EmbeddedModels(folder / "teacher", folder / "student")
     if (folder / "COMPLETE").exists():
         return models
+    if recipe.probe is not None and sandbox is None:
+        raise ValueError(f"building the embedded {task} models measures them on probe episodes; pass a sandbox")
     log(f"building the embedded {task} teacher and student once (cached in {folder}) ...")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        report = build_embedded(recipe, tmp, log=log)
+        report = build_embedded(recipe, tmp, sandbox=sandbox, log=log)
         (tmp / "build.json").write_text(json.dumps(report, indent=2))
         (tmp / "COMPLETE").write_text("")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is shared like any model folder
@@ -177,8 +267,9 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *,
     return models
 
 
-def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
-    """Build tokenizer, teacher and student into ``out_dir``; returns timings and losses."""
+def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, sandbox: Any = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Build tokenizer, teacher and student into ``out_dir``; returns what was measured and reached."""
     conversations = gold_conversations(recipe.task, count=recipe.num_conversations, seed=recipe.seed)
     alignment = []
     if recipe.alignment_sft is not None:
@@ -189,10 +280,14 @@ def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, log: Callable[[str]
         processor, vision = _tiny_processor(recipe, tokenizer)
     examples = [tokenize_conversation(tokenizer, c, vision=vision) for c in conversations]
     aligned = [tokenize_conversation(tokenizer, c, vision=vision) for c in alignment]
-    report: dict = {"recipe": _recipe_dict(recipe), "vocab": len(tokenizer)}
+    report: dict = {"recipe": _recipe_dict(recipe), "vocab": len(tokenizer), "machine": _machine()}
     threads = torch.get_num_threads()
     try:
-        _build_models(recipe, tokenizer, examples, aligned, out_dir, report, log, processor, vision)
+        for role, threads_of_role in zip(("teacher", "student"), recipe.build_threads):
+            torch.set_num_threads(threads_of_role)
+            report[role] = _build_role(recipe, role, tokenizer, examples, aligned, out_dir, log, processor, vision,
+                                       sandbox)
+            report[role]["threads"] = threads_of_role
     finally:
         torch.set_num_threads(threads)
     return report
@@ -212,38 +307,123 @@ def _tiny_processor(recipe: EmbeddedRecipe, tokenizer):
     return processor, vision
 
 
-def _build_models(recipe, tokenizer, examples, aligned, out_dir: Path, report: dict, log, processor=None,
-                  vision=None) -> None:
-    # A fixed thread count per role gives the same floating-point results on any machine. The
-    # student is stopped in the middle of a sharp transition, so it is built on one thread.
-    for role, spec, sft, seed, threads in (
-        ("teacher", recipe.teacher_spec, recipe.teacher_sft, recipe.seed + 11, 2),
-        ("student", recipe.student_spec, recipe.student_sft, recipe.seed + 23, 1),
-    ):
-        torch.set_num_threads(threads)
-        start = time.perf_counter()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = build_tiny_vl(tokenizer, spec, seed=seed) if vision else build_causal_lm(tokenizer, spec, seed=seed)
-            stages = [("sft", examples, sft)]
-            if aligned:
-                stages = [("alignment", aligned, recipe.alignment_sft), ("sft", examples + aligned, sft)]
-            for stage, data, config in stages:
-                every = max(config.steps // 5, 1)
-                loss = supervised_train(
-                    model, data, config, pad_token_id=tokenizer.pad_token_id, vision=vision,
-                    on_step=lambda s, l, stage=stage, role=role, n=config.steps:
-                    log(f"  {role} {stage} {s + 1}/{n} loss {l:.3f}") if (s + 1) % every == 0 else None,
-                )
-        if processor is not None:
-            save_tiny_vl(model, processor, out_dir / role)
-        else:
-            model.save_pretrained(out_dir / role)
-            tokenizer.save_pretrained(out_dir / role)
-        seconds = time.perf_counter() - start
-        params = sum(p.numel() for p in model.parameters())
-        report[role] = {"params": params, "final_loss": loss, "seconds": seconds}
-        log(f"  {role}: {params:,} parameters, final loss {loss:.3f}, {seconds:.0f} s")
+def _build_role(recipe: EmbeddedRecipe, role: str, tokenizer, examples, aligned, out_dir: Path, log,
+                processor, vision, sandbox) -> dict:
+    """Train and save one role; returns its entry of ``build.json``."""
+    spec, sft, target = ((recipe.teacher_spec, recipe.teacher_sft, recipe.teacher_target) if role == "teacher"
+                         else (recipe.student_spec, recipe.student_sft, recipe.student_target))
+    seed = recipe.seed + (11 if role == "teacher" else 23)
+    start = time.perf_counter()
+    entry: dict = {}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_tiny_vl(tokenizer, spec, seed=seed) if vision else build_causal_lm(tokenizer, spec, seed=seed)
+        stages = [("sft", examples, sft)]
+        if aligned:
+            stages = [("alignment", aligned, recipe.alignment_sft), ("sft", examples + aligned, sft)]
+        for stage, data, config in stages:
+            run = SupervisedRun(model, data, config, pad_token_id=tokenizer.pad_token_id, vision=vision)
+            every = max(config.steps // 5, 1)
+
+            def on_step(s, loss, stage=stage, n=config.steps):
+                if (s + 1) % every == 0:
+                    log(f"  {role} {stage} {s + 1}/{n} loss {loss:.3f}")
+
+            if stage == "sft" and target is not None:
+                measure = _probe_measure(recipe, model, tokenizer, vision, sandbox)
+                entry.update(train_to_target(run, target, measure, on_step=on_step,
+                                             log=lambda line: log(f"  {role}: {line}"), role=role))
+            else:
+                run.advance((config.stop_after or config.steps) - run.step, on_step=on_step)
+            entry["final_loss"] = run.finish()
+    if processor is not None:
+        save_tiny_vl(model, processor, out_dir / role)
+    else:
+        model.save_pretrained(out_dir / role)
+        tokenizer.save_pretrained(out_dir / role)
+    entry["params"] = sum(p.numel() for p in model.parameters())
+    entry["seconds"] = time.perf_counter() - start
+    log(f"  {role}: {entry['params']:,} parameters, final loss {entry['final_loss']:.3f}, {entry['seconds']:.0f} s")
+    return entry
+
+
+def train_to_target(run: SupervisedRun, target: AccuracyTarget, measure: Callable[[], float], *,
+                    on_step: Callable[[int, float], None] | None = None,
+                    log: Callable[[str], None] = print, role: str = "model") -> dict:
+    """Advance ``run`` until ``measure()`` lands in ``target``'s band (see :class:`AccuracyTarget`).
+
+    Returns:
+        ``{"steps": steps trained, "accuracy": the accuracy reached, "measurements": [[step,
+        accuracy], ...] in the order taken}``.
+
+    Raises:
+        EmbeddedBuildError: the band was not reached by ``max_steps`` or was jumped over.
+    """
+    measurements: list[list[float]] = []
+    spacing, previous = target.every, None
+    next_check = target.first_check
+    while True:
+        run.advance(next_check - run.step, on_step=on_step)
+        accuracy = measure()
+        measurements.append([run.step, accuracy])
+        log(f"step {run.step}: {100 * accuracy:.1f}% of the probe problems solved greedily")
+        if accuracy >= target.low:
+            if accuracy <= target.high:
+                return {"steps": run.step, "accuracy": accuracy, "measurements": measurements}
+            if previous is None or spacing == target.fine_every:
+                raise EmbeddedBuildError(
+                    f"the embedded {role} jumped past its accuracy band [{100 * target.low:.0f}%, "
+                    f"{100 * target.high:.0f}%] to {100 * accuracy:.1f}% at step {run.step} "
+                    f"(measurements: {_measurement_text(measurements)})")
+            run.restore(previous)
+            spacing, previous = target.fine_every, None
+            log(f"past the band; back to step {run.step}, measuring every {spacing} steps")
+        elif run.step >= target.max_steps:
+            raise EmbeddedBuildError(
+                f"the embedded {role} reached only {100 * accuracy:.1f}% greedy accuracy after {run.step} steps "
+                f"(needs {100 * target.low:.0f}%; measurements: {_measurement_text(measurements)})")
+        elif spacing == target.every:
+            previous = run.snapshot()
+        next_check = min(run.step + spacing, target.max_steps)
+
+
+def _measurement_text(measurements: list[list[float]]) -> str:
+    return ", ".join(f"{int(step)}: {100 * acc:.1f}%" for step, acc in measurements)
+
+
+def _probe_measure(recipe: EmbeddedRecipe, model, tokenizer, vision, sandbox) -> Callable[[], float]:
+    """Greedy accuracy of ``model`` (as it is when called) on the recipe's probe problems."""
+    from .envs.registry import make_env
+    from .evaluation import evaluate
+    from .rollout.engine import RolloutEngine
+    from .rollout.hf_backend import HFGenerationBackend
+    from .tasks.spec import TASKS
+
+    probe = recipe.probe
+    env_id = TASKS[recipe.task].env_id
+    backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision)
+    engine = RolloutEngine(backend, tokenizer, probe.rollout, vision=vision)
+    indices = list(range(probe.first_index, probe.first_index + probe.num_problems))
+
+    def make_probe_env():
+        return make_env(env_id, **probe.env_kwargs, split="train", sandbox=sandbox)
+
+    def measure() -> float:
+        metrics, _ = evaluate(engine, make_probe_env, indices, samples=0, greedy=True,
+                              batch_episodes=probe.num_problems, seed=recipe.seed)
+        return metrics["eval/greedy_accuracy"]
+
+    return measure
+
+
+def _machine() -> dict:
+    """What the build ran on (floating-point results differ between CPUs and libraries)."""
+    import platform
+
+    import transformers
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def recipe_key(recipe: EmbeddedRecipe) -> str:

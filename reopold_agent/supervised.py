@@ -10,6 +10,7 @@ pixel inputs, exactly as the rollout engine builds them.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,32 +100,80 @@ def supervised_train(
 
     ``vision`` gives the pixel inputs and 3D positions of examples with images.
     """
-    if not examples:
-        raise ValueError("no supervised examples")
-    rng = random.Random(config.seed)
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-        s, warmup_steps=config.warmup_steps, total_steps=config.steps, decay="cosine", final_ratio=0.1))
-    model.train()
-    recent: list[float] = []
-    for step in range(config.stop_after or config.steps):
-        batch = [examples[rng.randrange(len(examples))] for _ in range(config.batch_size)]
-        ids, attn, mask = _pad(batch, pad_token_id)
-        ids, attn = ids.to(device), attn.to(device)
-        extra = vision.forward_inputs([x.pixel_inputs for x in batch], ids, attn) if vision is not None else None
-        logp, _ = sequence_logprobs(model, ids, attn, extra_inputs=extra)
-        loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(device)), step=step, config=SftConfig())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-50:]
-        if on_step is not None:
-            on_step(step, recent[-1])
-    model.eval()
-    return sum(recent) / len(recent)
+    run = SupervisedRun(model, examples, config, pad_token_id=pad_token_id, vision=vision)
+    run.advance((config.stop_after or config.steps) - run.step, on_step=on_step)
+    return run.finish()
+
+
+class SupervisedRun:
+    """A supervised run that can be advanced step by step, saved and restored.
+
+    The schedule (warm-up, cosine decay) is planned for ``config.steps``; :meth:`advance` trains
+    the next steps of it, so a caller can stop on a measured criterion rather than a step count.
+    :meth:`snapshot` / :meth:`restore` save and bring back the weights, optimiser, schedule and
+    batch sampler, so steps replayed after a restore are the same steps.
+    """
+
+    def __init__(self, model: Any, examples: list[TokenizedConversation], config: SupervisedConfig, *,
+                 pad_token_id: int, vision: VisionProcessor | None = None) -> None:
+        if not examples:
+            raise ValueError("no supervised examples")
+        self.model, self.examples, self.config = model, examples, config
+        self.pad_token_id, self.vision = pad_token_id, vision
+        self.rng = random.Random(config.seed)
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(
+            s, warmup_steps=config.warmup_steps, total_steps=config.steps,
+            decay="cosine", final_ratio=0.1))
+        self.step = 0
+        self.recent: list[float] = []
+        """Losses of the last 50 steps."""
+
+    def advance(self, steps: int, *, on_step: Callable[[int, float], None] | None = None) -> None:
+        """Train ``steps`` more steps (past the planned schedule the learning rate stays at its final value)."""
+        self.model.train()
+        for _ in range(steps):
+            batch = [self.examples[self.rng.randrange(len(self.examples))] for _ in range(self.config.batch_size)]
+            ids, attn, mask = _pad(batch, self.pad_token_id)
+            ids, attn = ids.to(self.device), attn.to(self.device)
+            extra = (self.vision.forward_inputs([x.pixel_inputs for x in batch], ids, attn)
+                     if self.vision is not None else None)
+            logp, _ = sequence_logprobs(self.model, ids, attn, extra_inputs=extra)
+            loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(self.device)), step=self.step,
+                                    config=SftConfig())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.recent = (self.recent + [loss.item()])[-50:]
+            if on_step is not None:
+                on_step(self.step, self.recent[-1])
+            self.step += 1
+        self.model.eval()
+
+    def finish(self) -> float:
+        """Leave the model in eval mode; returns the mean loss of the last 50 steps."""
+        self.model.eval()
+        return sum(self.recent) / max(len(self.recent), 1)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything :meth:`advance` changes."""
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "step": self.step,
+            "recent": self.recent,
+        })
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Bring back the state saved by :meth:`snapshot`."""
+        snapshot = copy.deepcopy(snapshot)
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.scheduler.load_state_dict(snapshot["scheduler"])
+        self.rng.setstate(snapshot["rng"])
+        self.step, self.recent = snapshot["step"], snapshot["recent"]
 
 
 def _pad(batch: list[TokenizedConversation], pad_token_id: int):

@@ -1,7 +1,9 @@
 """The embedded default builder: deterministic, cached, atomic; exercised with a tiny recipe."""
 
 import dataclasses
+import json
 
+import pytest
 import torch
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,17 +13,32 @@ from reopold_agent.supervised import SupervisedConfig
 from reopold_agent.tiny_models import TINY_SPECS
 
 
-def _tiny_recipe():
+def _tiny_recipe(**changes):
     sft = SupervisedConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1)
+    changes = {"teacher_target": None, "student_target": None, "probe": None, **changes}
     return dataclasses.replace(embedded.RECIPES["tool_math"], teacher_spec=TINY_SPECS["nano"],
                                student_spec=TINY_SPECS["nano"], teacher_sft=sft, student_sft=sft,
-                               num_conversations=20)
+                               num_conversations=20, **changes)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from reopold_agent.sandbox import LocalSandbox, SandboxConfig, SandboxUnavailable
+
+    try:
+        box = LocalSandbox(SandboxConfig(timeout_s=5.0, warm_workers=2))
+    except SandboxUnavailable as exc:
+        pytest.skip(f"namespace isolation unavailable on this machine: {exc}")
+    yield box
+    box.close()
 
 
 def test_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setitem(embedded.RECIPES, "tool_math", _tiny_recipe())
     logs = []
+    assert not embedded.is_built("tool_math", tmp_path)
     first = embedded.ensure_embedded_models("tool_math", tmp_path, log=logs.append)
+    assert embedded.is_built("tool_math", tmp_path)
     assert any("building" in line for line in logs)
     for path in (first.teacher, first.student):
         AutoModelForCausalLM.from_pretrained(path)
@@ -31,6 +48,45 @@ def test_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
     again = embedded.ensure_embedded_models("tool_math", tmp_path, log=logs.append)
     assert again == first and logs == []
     assert not [p for p in (tmp_path / "embedded").iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_the_shipped_tool_math_student_has_a_head_dim_vllm_accepts():
+    recipe = embedded.RECIPES["tool_math"]
+    assert recipe.student_spec.head_dim >= 32 and recipe.teacher_spec.head_dim >= 32
+
+
+def test_targets_are_measured_on_real_probe_episodes_and_recorded(tmp_path, monkeypatch, sandbox):
+    """Each role plays the probe problems through the environment and sandbox; build.json keeps it."""
+    probe = embedded.AccuracyProbe(env_kwargs={"max_tool_rounds": 2}, num_problems=3,
+                                   rollout=embedded.RolloutConfig(max_turn_tokens=4, max_episode_tokens=256,
+                                                                  max_turns=2, temperature=0.0))
+    target = embedded.AccuracyTarget(low=0.0, first_check=2, every=1, fine_every=1, max_steps=3)
+    monkeypatch.setitem(embedded.RECIPES, "tool_math",
+                        _tiny_recipe(teacher_target=target, student_target=target, probe=probe))
+    logs = []
+    built = embedded.ensure_embedded_models("tool_math", tmp_path, sandbox=sandbox, log=logs.append)
+    report = json.loads((built.teacher.parent / "build.json").read_text())
+    for role in ("teacher", "student"):
+        assert report[role]["steps"] == 2 and report[role]["measurements"] == [[2, 0.0]]
+        assert any(line.startswith(f"  {role}: step 2: 0.0% of the probe problems") for line in logs)
+    assert report["machine"]["cpus"] >= 1 and report["teacher"]["threads"] == report["student"]["threads"] == 1
+
+
+def test_a_recipe_with_targets_refuses_to_build_without_a_sandbox(tmp_path):
+    with pytest.raises(ValueError, match="pass a sandbox"):
+        embedded.ensure_embedded_models("tool_math", tmp_path)
+    assert not (tmp_path / "embedded").exists() or not any((tmp_path / "embedded").iterdir())
+
+
+def test_a_missed_band_leaves_nothing_in_the_cache(tmp_path, monkeypatch, sandbox):
+    probe = embedded.AccuracyProbe(env_kwargs={}, num_problems=2,
+                                   rollout=embedded.RolloutConfig(max_turn_tokens=2, max_turns=1, temperature=0.0))
+    target = embedded.AccuracyTarget(low=1.0, first_check=1, every=1, fine_every=1, max_steps=2)
+    monkeypatch.setitem(embedded.RECIPES, "tool_math", _tiny_recipe(teacher_target=target, probe=probe))
+    with pytest.raises(embedded.EmbeddedBuildError, match="teacher reached only 0.0% greedy accuracy after 2 steps"):
+        embedded.ensure_embedded_models("tool_math", tmp_path, sandbox=sandbox, log=lambda _: None)
+    assert not embedded.is_built("tool_math", tmp_path)
+    assert not any((tmp_path / "embedded").iterdir())
 
 
 def test_gold_conversations_are_solved_conversations():

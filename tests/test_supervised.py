@@ -39,3 +39,22 @@ def test_only_assistant_tokens_are_marked():
     text = tiny.tokenizer().decode([t for t, m in zip(example.input_ids, example.assistant_mask) if m])
     assert "print(37*245)" in text and "\\boxed{9065}" in text
     assert "What is 37*245?" not in text and "<tool_response>" not in text
+
+
+def test_a_restored_run_replays_the_same_steps():
+    """snapshot/restore brings back weights, optimiser, schedule and batch order exactly."""
+    from reopold_agent.supervised import SupervisedRun
+
+    config = SupervisedConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2)
+    run = SupervisedRun(tiny.model(seed=4), _examples(), config, pad_token_id=0)
+    run.advance(2)
+    saved = run.snapshot()
+    run.advance(3)
+    after = {k: v.clone() for k, v in run.model.state_dict().items()}
+    run.restore(saved)
+    assert run.step == 2
+    assert any(not torch.equal(after[k], v) for k, v in run.model.state_dict().items())
+    run.advance(3)
+    assert run.step == 5
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(after[k], v), k
