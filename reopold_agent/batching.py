@@ -46,6 +46,9 @@ class TrainBatch:
     """[B] each row's :class:`~reopold_agent.vision.VisionInputs` (None for a row without
     images), or None for a text batch. Stays on the CPU; the model's forward inputs are built
     per micro-batch."""
+    token_weights_BT: Tensor | None = None
+    """[B, T] float32 weights of each token's loss term (truncated importance sampling against
+    the sampler's mismatch, :mod:`reopold_agent.behaviour`), or None for 1."""
 
     @property
     def num_rows(self) -> int:
@@ -57,14 +60,17 @@ class TrainBatch:
         width = int(self.attention_mask_BT[rows].sum(-1).max())
         out = {}
         for f in _tensor_fields():
-            value = getattr(self, f.name)[rows]
-            out[f.name] = value[:, :width] if f.name.endswith("_BT") else value
+            value = getattr(self, f.name)
+            if value is not None:
+                value = value[rows]
+                value = value[:, :width] if f.name.endswith("_BT") else value
+            out[f.name] = value
         pixels = None if self.pixel_inputs is None else [self.pixel_inputs[i] for i in rows.tolist()]
         return TrainBatch(**out, pixel_inputs=pixels)
 
     def to(self, device: torch.device | str) -> "TrainBatch":
-        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in _tensor_fields()},
-                          pixel_inputs=self.pixel_inputs)
+        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                             for f in _tensor_fields()}, pixel_inputs=self.pixel_inputs)
 
 
 def _tensor_fields():

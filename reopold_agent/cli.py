@@ -143,4 +143,8 @@ def default_cache_dir() -> Path:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m reopold_agent.cli``: run the package's module, whose UsageError the commands
+    # raise (this file runs as ``__main__``, a second copy with its own UsageError class)
+    from reopold_agent.cli import main as package_main
+
+    sys.exit(package_main())

@@ -146,14 +146,48 @@ def build_sandbox(config: TrainConfig) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any = None) -> Any:
-    """A rollout engine sampling from ``model`` in process, with the run's rollout settings."""
+def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any = None, *,
+                   sampler: str = "hf", path: str | None = None) -> Any:
+    """A rollout engine with the run's rollout settings, sampling from ``model`` in process
+    (``sampler="hf"``) or from a vLLM engine loaded from ``path``, ``model``'s folder
+    (``sampler="vllm"``; the trainer keeps its weights in step)."""
     from .rollout.engine import RolloutEngine
     from .rollout.hf_backend import HFGenerationBackend
 
-    backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
-                                  cpu_threads=config.rollout.torch_threads)
+    if sampler == "vllm":
+        if path is None:
+            raise ValueError("the vllm sampler loads the student from its folder; pass path=")
+        backend = vllm_backend(path, config, vision)
+    else:
+        backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
+                                      cpu_threads=config.rollout.torch_threads)
     return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
+
+
+def vllm_backend(path: str, config: TrainConfig, vision: Any = None) -> Any:
+    """vLLM's engine in this process, loaded from ``path`` with the ``rollout.vllm`` settings.
+
+    Sets the environment vLLM reads (:data:`~reopold_agent.rollout.vllm_backend.PROCESS_ENVIRONMENT`
+    always, :data:`~reopold_agent.rollout.vllm_backend.DEFAULT_ENVIRONMENT` where unset) before
+    vLLM is imported. ``dtype: auto`` follows ``model.dtype``.
+    """
+    import os
+
+    from .rollout.vllm_backend import DEFAULT_ENVIRONMENT, PROCESS_ENVIRONMENT, VLLMGenerationBackend, VLLMStartError
+
+    if vision is not None:
+        raise UsageError("rollout.backend=vllm samples text students only (vision-language students through "
+                         "vLLM are not implemented: untested here); use rollout.backend=hf")
+    os.environ.update(PROCESS_ENVIRONMENT)
+    for key, value in DEFAULT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    settings = config.rollout.vllm
+    dtype = settings.dtype if settings.dtype != "auto" else str(model_dtypes(config)[1]).removeprefix("torch.")
+    try:
+        return VLLMGenerationBackend(path, settings, dtype=dtype, seed=config.train.seed,
+                                     max_model_len=settings.max_model_len or config.rollout.max_episode_tokens)
+    except VLLMStartError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
@@ -205,7 +239,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
     student = student.to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
-    engine = rollout_engine(student, tokenizer, config, vision)
+    engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
@@ -238,7 +272,7 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
     _, low, _ = model_dtypes(config)
     model = load_model(student_path, dtype=low, role="student").to(device)
     vision = load_vision(model, student_path, config)
-    engine = rollout_engine(model, tokenizer, config, vision)
+    engine = rollout_engine(model, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path)
     metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
                           samples=config.eval.samples, greedy=config.eval.greedy,
                           batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)

@@ -80,6 +80,7 @@ def policy_update(
                 logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
                 teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
                 advantages=micro.advantages_B, entropy_threshold=tau, normalizer=norm,
+                token_weights=micro.token_weights_BT,
             )
             loss, stats = fn(inputs, step=step, config=config)
             backward(loss)

@@ -63,6 +63,13 @@ class ObjectiveConfig:
     selection_scope: Literal["step", "minibatch"] = "minibatch"
     """Batch over which the top-beta entropy threshold and the loss normaliser are computed
     (paper: unspecified). Never per micro-batch."""
+    tis_cap: float | None = None
+    """Truncated importance sampling against the sampler/trainer mismatch (only with a sampler
+    that runs its own copy of the model, ``rollout.backend: vllm``): each token's loss term is
+    weighted by min(pi_trainer_old / pi_sampler, tis_cap), detached (verl's TIS; 2 is a common
+    cap). null: off. Worth turning on when the logged ``mismatch/ratio_outside_frac`` is not
+    negligible (bf16 or fp8 sampling, long sequences); with float32 on both sides the weights
+    are 1 to within rounding."""
 
     def switch_step(self, total_steps: int) -> int:
         if self.switch_fraction is None:
@@ -72,6 +79,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.switch_fraction is not None and not 0.0 <= self.switch_fraction <= 1.0:
             raise ValueError(f"switch_fraction must be in [0, 1], got {self.switch_fraction}")
+        if self.tis_cap is not None and not self.tis_cap >= 1.0:
+            raise ValueError(f"tis_cap must be >= 1 or null (off), got {self.tis_cap}")
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from .batching import collate
+from .batching import TrainBatch, collate
+from .behaviour import mismatch_stats, record_recomputed, recompute_behaviour, truncated_is_weights
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .data_order import train_item_index
 from .evaluation import evaluate
@@ -100,12 +101,15 @@ class Trainer:
         t0 = time.perf_counter()
         with acc.autocast():  # sample in the precision the update recomputes the log-probs in
             trajectories = self._rollout(step)
+        self._rollout_engine.backend.sleep()  # a GPU engine frees its memory for scoring and update
         t1 = time.perf_counter()
         if parts.teacher is not None:
             parts.teacher.score(trajectories)
         t2 = time.perf_counter()
         batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
                         require_teacher=parts.teacher is not None)
+        behaviour = {} if self._rollout_engine.backend.reports_entropy else self._recompute_behaviour(batch, trajectories)
+        t_recompute = time.perf_counter() - t2
         with acc.autocast():
             stats = policy_update(
                 parts.student, parts.optimizer, parts.scheduler, batch,
@@ -119,11 +123,13 @@ class Trainer:
         t3 = time.perf_counter()
         parts.engine.backend.sync_weights(parts.student)
         everyone = self._gather_trajectories(trajectories)
-        metrics = {**stats, **rollout_metrics(everyone),
+        metrics = {**stats, **behaviour, **rollout_metrics(everyone),
                    **{f"time/rollout_{k}": v for k, v in self._rollout_engine.timings.items()}}
         model_tokens = sum(t.num_model_tokens for t in everyone)
+        if behaviour:
+            metrics["time/recompute_s"] = t_recompute
         metrics.update({
-            "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
+            "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2 - t_recompute,
             "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
         })
         if acc.is_main_process:
@@ -131,6 +137,27 @@ class Trainer:
             parts.logger.log_metrics(step, metrics)
         self.on_step(step, metrics)
         return metrics
+
+    def _recompute_behaviour(self, batch: TrainBatch, trajectories: list[Trajectory]) -> dict[str, float]:
+        """For a sampler with its own copy of the model (vLLM): pi_old and the entropies become the
+        trainer's own (one no-grad forward), the mismatch is measured, truncated importance
+        weights are set when ``objective.tis_cap`` asks, and the trajectories record both
+        (:mod:`reopold_agent.behaviour`). Returns the ``mismatch/`` metrics."""
+        cfg, parts = self.config, self.parts
+        with parts.accelerator.autocast():
+            logp_BT, ent_BT = recompute_behaviour(
+                parts.student, batch, micro_batch_rows=cfg.train.micro_batch_rows,
+                chunk_rows=cfg.model.vocab_chunk_rows, device=next(parts.student.parameters()).device)
+        valid_BT, sampler_BT = batch.valid_BT, batch.old_logprobs_BT
+        gather = self._gather_values if self.world > 1 else (lambda x: x)
+        stats = mismatch_stats(gather((logp_BT - sampler_BT)[valid_BT]), cfg.objective.tis_cap)
+        if cfg.objective.tis_cap is not None:
+            batch.token_weights_BT = truncated_is_weights(logp_BT, sampler_BT, valid_BT, cfg.objective.tis_cap)
+        zero = torch.zeros((), dtype=logp_BT.dtype)
+        batch.old_logprobs_BT = torch.where(valid_BT, logp_BT, zero)
+        batch.behaviour_entropy_BT = torch.where(valid_BT, ent_BT, zero)
+        record_recomputed(trajectories, batch, logp_BT, ent_BT)
+        return stats
 
     def _sum_gradients_and_clip(self, max_norm: float) -> torch.Tensor:
         """Before each optimiser step: sum the gradients of all processes (each process's loss is

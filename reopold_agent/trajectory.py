@@ -111,7 +111,17 @@ class Trajectory:
     """[T] teacher log-prob of each token given its prefix; None at position 0 or if unscored."""
     entropy: list[float | None] | None = None
     """[T] student next-token entropy (nats) at each model token; None elsewhere or if not
-    computed."""
+    computed. The ``hf`` sampler records it while sampling; for other samplers (which give
+    none) the trainer fills it in from its own forward before the update (evaluation episodes
+    keep None)."""
+    trainer_logprobs: list[float | None] | None = None
+    """[T] log-prob of each model token under the trainer's own forward of the sampling policy,
+    recomputed before the update when another engine sampled the episode (``sampler`` is not
+    ``hf``); ``logprobs`` stay the sampler's, so the two show the mismatch token by token. None
+    elsewhere; the whole field is None when nothing was recomputed."""
+    sampler: str = "hf"
+    """Generation backend that sampled the model tokens (``hf`` or ``vllm``); files written
+    before this field existed were all sampled by ``hf``."""
     images: list[ImageRecord] = field(default_factory=list)
     """Images of the episode with their placeholder token spans."""
     info: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +145,8 @@ class Trajectory:
             lengths["teacher_logprobs"] = len(self.teacher_logprobs)
         if self.entropy is not None:
             lengths["entropy"] = len(self.entropy)
+        if self.trainer_logprobs is not None:
+            lengths["trainer_logprobs"] = len(self.trainer_logprobs)
         bad = {k: v for k, v in lengths.items() if v != n}
         for image in self.images:
             if not 0 <= image.token_start < image.token_end <= n:

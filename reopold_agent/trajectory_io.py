@@ -25,7 +25,7 @@ from typing import Any
 from .trajectory import SCHEMA_VERSION, ImageRecord, Trajectory
 
 _IN_MEMORY_ONLY = ("pixel_inputs",)
-_FLOAT_LISTS = ("logprobs", "teacher_logprobs", "entropy")
+_FLOAT_LISTS = ("logprobs", "teacher_logprobs", "entropy", "trainer_logprobs")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 

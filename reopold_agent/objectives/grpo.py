@@ -75,7 +75,7 @@ def grpo_objective(batch: ObjectiveInputs, *, step: int,
     old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
     rho_BT = policy_ratio(logp_BT, old_BT)
     objective_BT, clipped_BT = clipped_surrogate(rho_BT, adv_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, valid_BT, batch.normalizer)
+    loss = masked_loss(objective_BT, valid_BT, batch.normalizer, batch.token_weights)
     with torch.no_grad():
         entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
         stats = {

@@ -9,7 +9,7 @@ from torch import Tensor
 
 __all__ = ["ObjectiveInputs"]
 
-_TOKEN_FIELDS = ("old_logprobs", "teacher_logprobs", "entropy", "loss_mask")
+_TOKEN_FIELDS = ("old_logprobs", "teacher_logprobs", "entropy", "loss_mask", "token_weights")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,9 @@ class ObjectiveInputs:
             ``entropy_threshold``); None lets reopold compute it over this batch.
         normalizer: loss denominator computed by the caller over a larger batch (see
             ``selected_token_count``); None uses this batch's selected-token count (>= 1).
+        token_weights: [B, T] float, detached weights multiplying each token's term of the
+            loss (truncated importance sampling when another engine sampled the tokens), or
+            None for 1. Masks and the normaliser do not change.
     """
 
     logprobs: Tensor
@@ -41,6 +44,7 @@ class ObjectiveInputs:
     advantages: Tensor | None = None
     entropy_threshold: float | Tensor | None = None
     normalizer: float | Tensor | None = None
+    token_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(self.logprobs.shape)

@@ -120,7 +120,7 @@ def reopold_objective(batch: ObjectiveInputs, *, step: int,
     rho_BT = policy_ratio(logp_BT, old_BT)
     reward_hat_BT = reward_BT.clamp_min(config.floor)
     objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_hat_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, keep_BT, batch.normalizer)
+    loss = masked_loss(objective_BT, keep_BT, batch.normalizer, batch.token_weights)
     with torch.no_grad():
         entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
         stats = {

@@ -46,7 +46,7 @@ def _rkl(batch: ObjectiveInputs, config: RklConfig, name: str,
         reward_BT = reward_BT.detach()
     rho_BT = policy_ratio(logp_BT, old_BT)
     objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, valid_BT, batch.normalizer)
+    loss = masked_loss(objective_BT, valid_BT, batch.normalizer, batch.token_weights)
     with torch.no_grad():
         entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
         stats = {

@@ -38,7 +38,7 @@ def sft_objective(batch: ObjectiveInputs, *, step: int,
         raise TypeError(f"objective 'sft' needs an SftConfig, got {type(config).__name__}")
     valid_BT = valid_mask(batch.loss_mask)
     logp_BT = zero_invalid(batch.logprobs, valid_BT)
-    loss = masked_loss(logp_BT, valid_BT, batch.normalizer)
+    loss = masked_loss(logp_BT, valid_BT, batch.normalizer, batch.token_weights)
     with torch.no_grad():
         entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
         ones_BT = torch.ones_like(logp_BT)

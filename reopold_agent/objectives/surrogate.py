@@ -44,8 +44,8 @@ def clipped_surrogate(rho_BT: Tensor, adv_BT: Tensor,
 
 
 def masked_loss(objective_BT: Tensor, keep_BT: Tensor,
-                normalizer: float | Tensor | None) -> Tensor:
-    """Loss = -sum(objective over kept tokens) / normaliser (method section 4).
+                normalizer: float | Tensor | None, weights_BT: Tensor | None = None) -> Tensor:
+    """Loss = -sum(weight * objective over kept tokens) / normaliser (method section 4).
 
     Args:
         objective_BT: [B, T] per-token objective; values at dropped positions are ignored
@@ -53,11 +53,15 @@ def masked_loss(objective_BT: Tensor, keep_BT: Tensor,
         keep_BT: [B, T] bool mask M.
         normalizer: denominator from the caller (number or 0-dim tensor); None uses
             ``max(sum(M), 1)``.
+        weights_BT: [B, T] per-token weights (detached; truncated importance sampling of the
+            sampler/trainer mismatch), or None for 1. They leave the normaliser unchanged.
 
     Returns:
         0-dim loss, attached to the graph even when no token is kept (then exactly 0 with
         zero gradients).
     """
+    if weights_BT is not None:
+        objective_BT = objective_BT * weights_BT.detach().to(objective_BT.dtype)
     kept = torch.where(keep_BT, objective_BT, torch.zeros((), dtype=objective_BT.dtype,
                                                           device=objective_BT.device))
     if normalizer is None:

@@ -370,6 +370,7 @@ class RolloutEngine:
             loss_mask=[int(s == model) for s in ep.source],
             logprobs=ep.logprobs,
             entropy=ep.entropy,
+            sampler=self.backend.name,
             messages=ep.messages,
             reward=ep.reward,
             truncated=ep.end_reason is not EndReason.ANSWERED,
