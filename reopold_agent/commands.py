@@ -185,7 +185,8 @@ def vllm_backend(path: str, config: TrainConfig, vision: Any = None) -> Any:
     dtype = settings.dtype if settings.dtype != "auto" else str(model_dtypes(config)[1]).removeprefix("torch.")
     try:
         return VLLMGenerationBackend(path, settings, dtype=dtype, seed=config.train.seed,
-                                     max_model_len=settings.max_model_len or config.rollout.max_episode_tokens)
+                                     max_model_len=settings.max_model_len or config.rollout.max_episode_tokens,
+                                     cpu_threads=config.rollout.torch_threads)
     except VLLMStartError as exc:
         raise UsageError(str(exc)) from None
 

@@ -78,6 +78,9 @@ class VLLMGenerationBackend(GenerationBackend):
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (the caller resolves ``auto``).
         max_model_len: longest prompt plus new tokens a request may have.
         seed: the engine's seed (rows are sampled with their own seeds).
+        cpu_threads: CPU only: torch threads while vLLM generates (None: leave the process
+            setting), the ``rollout.torch_threads`` the HF backend decodes with. vLLM runs its
+            steps in the calling thread, on torch's intra-op pool.
 
     Raises:
         VLLMStartError: vLLM is not installed, runs its engine in another process, or refused
@@ -88,7 +91,9 @@ class VLLMGenerationBackend(GenerationBackend):
     reports_entropy = False
 
     def __init__(self, model_path: str, settings: VLLMConfig, *, dtype: str, max_model_len: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cpu_threads: int | None = None) -> None:
+        if cpu_threads is not None and cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {cpu_threads}")
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -109,6 +114,7 @@ class VLLMGenerationBackend(GenerationBackend):
             kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
                           enable_sleep_mode=settings.enable_sleep_mode)
         self.can_sleep = not self.on_cpu and settings.enable_sleep_mode
+        self.cpu_threads = cpu_threads if self.on_cpu else None
         set_num_threads = torch.set_num_threads
         try:
             with _caller_rng_kept():
@@ -156,6 +162,9 @@ class VLLMGenerationBackend(GenerationBackend):
                                self._sampling_params(params, budget, seed))
             rows[request_id] = b
         out: list[Generation | None] = [None] * len(prompts)
+        threads = torch.get_num_threads()
+        if self.cpu_threads is not None:
+            torch.set_num_threads(self.cpu_threads)
         try:
             while engine.has_unfinished_requests():
                 for output in engine.step():
@@ -169,6 +178,8 @@ class VLLMGenerationBackend(GenerationBackend):
             if rows:
                 engine.abort_request(list(rows))
             raise
+        finally:
+            torch.set_num_threads(threads)
         missing = [b for b, gen in enumerate(out) if gen is None]
         if missing:
             raise RuntimeError(f"vLLM finished without an output for rows {missing[:5]}")

@@ -94,3 +94,20 @@ def test_a_head_size_vllm_refuses_stops_the_run_in_one_line(models, tmp_path):
     ours = [line for line in done.stderr.splitlines() if "vLLM cannot serve the student" in line]
     assert len(ours) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "Unsupported CPU attention configuration" in ours[0] or "head" in ours[0].lower(), ours[0]
+
+
+def test_the_backend_benchmark_runs_both_backends_on_the_same_prompts(models, tmp_path):
+    argv = [sys.executable, "-c", "import sys, runpy; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('benchmarks/rollout_backends.py', run_name='__main__')",
+            "rollout_backends.py", "--steps", "2", "--student", str(models / "student"),
+            "--teacher", str(models / "teacher"), "--set", "train.prompts_per_step=2", "--set", "rollout.group_size=2",
+            "--set", "rollout.max_turn_tokens=16", "--set", "rollout.max_episode_tokens=200",
+            "--set", "train.torch_threads=1"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for name in ("step 0 hf", "step 0 vllm", "step 1 vllm", "step 1 hf", "generated tok/s", "time/recompute_s"):
+        assert name in out, out
+    row = next(line for line in out.splitlines() if line.startswith("generated tok/s")).split()
+    assert float(row[2]) > 0 and float(row[3]) > 0, row
