@@ -61,6 +61,8 @@ DEFAULT_ENVIRONMENT = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_LOGGING_LEVE
 and vLLM share the cores) and only vLLM's errors on the console (its start-up warnings are about
 its own tuning: preloaded allocators, a chat template it never needs here)."""
 
+_CPU_STEP_TOKENS = 4096
+"""Tokens one engine step may process on the CPU (vLLM's CPU default), or ``max_model_len`` if longer."""
 _SUPPRESSED = -1e30
 """Logit bias of suppressed ids: exp(-1e30) is 0 in float32, and the raw log-probs ignore it."""
 
@@ -110,6 +112,11 @@ class VLLMGenerationBackend(GenerationBackend):
         )
         if self.on_cpu:
             kwargs["kv_cache_memory_bytes"] = int(settings.cpu_kvcache_gib * 2**30)
+            # Whole prefills only. A prefill split over engine steps samples a token it then
+            # discards, and vLLM rewinds that row's seeded generator, which CPU generators cannot
+            # do ("CPU Generator does not use offset"); rows whose prompts do not fit a step's
+            # token budget wait for the next step instead. (CUDA generators can rewind.)
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, _CPU_STEP_TOKENS))
         else:
             kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
                           enable_sleep_mode=settings.enable_sleep_mode)

@@ -96,6 +96,18 @@ def test_a_rows_tokens_depend_on_its_seed_not_on_its_batch_companions(student):
     assert other_seed.token_ids != alone.token_ids
 
 
+def test_more_prompt_tokens_than_one_engine_step_takes_keep_rows_seeded_and_independent(student):
+    backend, model = student
+    # 6,000 prompt tokens: more than the 4,096 one step of vLLM's CPU build processes
+    long_prompts = [[(7 * b + i) % 250 + 3 for i in range(150)] for b in range(40)]
+    params = SamplingParams(top_p=0.9)
+    crowd = backend.generate(long_prompts, [8] * 40, params, seeds=list(range(100, 140)))
+    alone = backend.generate([long_prompts[13]], [8], params, seeds=[113])[0]
+    assert crowd[13].token_ids == alone.token_ids
+    ref = _reference(model, long_prompts[13], alone.token_ids)
+    assert (torch.tensor(alone.logprobs) - ref).abs().max().item() < TOL
+
+
 def test_rows_are_handed_over_as_they_finish(student):
     backend, _ = student
     seen = {}
