@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
         rows: dict[str, list[dict[str, float]]] = {name: [] for name in trainers}
         for step in range(args.steps):
             for name in (("hf", "vllm") if step % 2 == 0 else ("vllm", "hf")):
-                rows[name].append(trainers[name].train_step(step))
-                print(f"step {step} {name}: {rows[name][-1]['time/step_s']:.3f} s", flush=True)
+                row = trainers[name].train_step(step)
+                rows[name].append(row)
+                print(f"step {step} {name}: {row['time/step_s']:.3f} s, rollout {row['time/rollout_s']:.3f} s, "
+                      f"{row['rollout/model_tokens_mean'] * row['rollout/episodes']:.0f} generated tokens", flush=True)
         sandbox.close()
     print(f"\nmedians over steps 1..{args.steps - 1} (step 0 apart: warm-up); student {student_path}; "
           f"torch threads {torch.get_num_threads()}, rollout.torch_threads {config.rollout.torch_threads}")
@@ -112,11 +114,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
         for name in ("hf", "vllm"):
             values = [_value(r, key) for r in rows[name][1:]]
             values = [v for v in values if v is not None]
-            cells.append(f"{statistics.median(values):10.3f}" if values else f"{'-':>10s}")
+            cells.append(_cell(statistics.median(values)) if values else f"{'-':>10s}")
         firsts = [_value(rows[name][0], key) for name in ("hf", "vllm")]
-        firsts_text = [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in firsts]
+        firsts_text = [_cell(v) if v is not None else f"{'-':>10s}" for v in firsts]
         print(f"{key:28s} {cells[0]} {cells[1]} {firsts_text[0]} {firsts_text[1]:>12s}")
     return rows
+
+
+def _cell(value: float) -> str:
+    return f"{value:10.2e}" if 0 < abs(value) < 0.01 else f"{value:10.3f}"
 
 
 def _value(row: dict[str, float], key: str) -> float | None:
