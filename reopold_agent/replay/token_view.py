@@ -3,13 +3,17 @@
 For every token t of an episode (T tokens) the replay shows:
 
 * ``reward``: R_t = teacher_logprobs[t] - logprobs[t] (method section 1), model tokens only;
+  for an episode another engine sampled (vLLM) the trainer's ``trainer_logprobs[t]`` stand for
+  ``logprobs[t]`` here and in the selection, as they did in the update;
 * ``clipped``: max(R_t, c) with c = log(lam) / (1 - lam) (section 2);
 * ``logprob`` / ``teacher``: student (behaviour) and teacher log-probs;
-* ``entropy``: student next-token entropy recorded at sampling;
+* ``entropy``: student next-token entropy (recorded at sampling, or recomputed by the trainer);
 * ``selection``: the REOPOLD keep mask M_t of the step's phase (section 4), recomputed with
   :func:`reopold_agent.objectives.reopold_keep_mask`; in refinement the threshold tau_beta is
   the top-beta entropy threshold over the valid tokens of the whole step file;
-* ``loss_mask``.
+* ``loss_mask``;
+* ``mismatch``: trainer_logprobs[t] - logprobs[t], log(pi_trainer / pi_sampler) at the model
+  tokens of an episode vLLM sampled (absent otherwise).
 
 Departure: the trainer's threshold covers one mini-batch (``selection_scope: minibatch``); with
 ``train.mini_batches: 1`` that is the whole step, as here; with more mini-batches the replayed
@@ -71,7 +75,7 @@ class TokenTable:
         return {
             "reward": self.reward, "clipped": self.clipped, "selection": self.selection,
             "logprob": t.logprobs, "teacher": t.teacher_logprobs or absent,
-            "entropy": t.entropy or absent, "loss_mask": t.loss_mask,
+            "entropy": t.entropy or absent, "loss_mask": t.loss_mask, "mismatch": _mismatch(t),
         }[name]
 
 
@@ -195,6 +199,8 @@ def colour_scale(name: str, table: TokenTable) -> ColourScale:
         return ColourScale(name, -4.0, 4.0, _DIVERGING, marks)
     if name in ("logprob", "teacher"):
         return ColourScale(name, -10.0, 0.0, _SEQUENTIAL)
+    if name == "mismatch":  # saturates where the ratio leaves [0.5, 2]
+        return ColourScale(name, -math.log(2.0), math.log(2.0), _DIVERGING)
     if name == "entropy":
         top = max((v for v in table.values("entropy") if v is not None and math.isfinite(v)),
                   default=1.0)
@@ -279,9 +285,19 @@ def image_details(span: ImageSpan) -> list[tuple[str, str]]:
             ("patch grid (t x h x w)", grid), ("file", where + span.missing_note())]
 
 
+def _mismatch(traj: Trajectory) -> list[float | None]:
+    """trainer_logprobs - logprobs at model tokens of an episode another engine sampled (vLLM)."""
+    if traj.trainer_logprobs is None:
+        return [None] * traj.num_tokens
+    return [None if m != 1 or a is None or b is None else a - b
+            for m, a, b in zip(traj.loss_mask, traj.trainer_logprobs, traj.logprobs)]
+
+
 def _diff(traj: Trajectory, t: int) -> float | None:
-    """R_t at model token t, or None when a log-prob is missing or not finite."""
-    lp = traj.logprobs[t]
+    """R_t at model token t, or None when a log-prob is missing or not finite. The student's
+    log-prob is the trainer's own where the trajectory has one (an episode vLLM sampled): the
+    one the update's R started from."""
+    lp = traj.trainer_logprobs[t] if traj.trainer_logprobs is not None else traj.logprobs[t]
     tl = traj.teacher_logprobs[t] if traj.teacher_logprobs is not None else None
     if lp is None or tl is None or not math.isfinite(lp) or not math.isfinite(tl):
         return None
@@ -309,8 +325,9 @@ def _selection(traj: Trajectory, info: RunInfo, phase: str | None, threshold: fl
     def tensor(values):
         return torch.tensor([[nan if v is None else float(v) for v in values]], dtype=torch.float64)
 
+    student = traj.trainer_logprobs if traj.trainer_logprobs is not None else traj.logprobs
     batch = ObjectiveInputs(
-        logprobs=tensor(traj.logprobs), teacher_logprobs=tensor(traj.teacher_logprobs),
+        logprobs=tensor(student), teacher_logprobs=tensor(traj.teacher_logprobs),
         entropy=None if traj.entropy is None else tensor(traj.entropy),
         loss_mask=torch.tensor([traj.loss_mask]), entropy_threshold=threshold)
     keep = reopold_keep_mask(batch, step=traj.step, config=cfg)[0].tolist()

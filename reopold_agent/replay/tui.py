@@ -41,9 +41,9 @@ HELP = """\
   n / p            next / previous turn          a   all turns / one turn
   left/right       previous / next token         up/down  10 tokens back / forward
   home / end       first / last token of the view
-  c                next colouring; 1-7 pick one: 1 reward R, 2 clipped max(R,c),
+  c                next colouring; 1-8 pick one: 1 reward R, 2 clipped max(R,c),
                    3 student log-prob, 4 teacher log-prob, 5 entropy,
-                   6 REOPOLD selection, 7 loss mask
+                   6 REOPOLD selection, 7 loss mask, 8 trainer - sampler log-prob
   t                re-run the turn's python tool calls in the sandbox and compare
   escape           back to the list
 

@@ -198,7 +198,7 @@ def shown_token(text: str) -> str:
 
 
 def legend_text(o: OpenedTrajectory, field: str) -> Text:
-    out = Text(f"colour: {FIELD_LABELS[field]} ({FIELDS.index(field) + 1}/7, c cycles)\n",
+    out = Text(f"colour: {FIELD_LABELS[field]} ({FIELDS.index(field) + 1}/{len(FIELDS)}, c cycles)\n",
                style="bold")
     for label, colour in colour_scale(field, o.table).legend():
         out.append("  ", style=f"on {colour}")

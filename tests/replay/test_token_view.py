@@ -1,5 +1,7 @@
 """Per-token fields, REOPOLD selection per phase, colours and the per-turn KL (hand-derived)."""
 
+import math
+
 import pytest
 
 from reopold_agent.replay.loading import RunInfo
@@ -55,7 +57,20 @@ def test_token_details_lists_every_field():
         "token": "5 / 12", "id": "15", "text": "' x'", "source": "model", "turn": "1",
         "reward R": "-3.0000", "clipped reward max(R,c)": "-1.7200",
         "student log-prob": "-2.0000", "teacher log-prob": "-5.0000", "entropy": "+2.0000",
-        "REOPOLD selection": "no", "loss mask": "1"}
+        "REOPOLD selection": "no", "loss mask": "1", "trainer - sampler log-prob": "absent"}
+
+
+def test_a_vllm_episode_shows_the_gap_and_rewards_from_the_trainers_logprobs():
+    # the trainer recomputed token 5 (-2.0 sampled) as -1.0: R = -5 - (-1) = -4, gap +1
+    trainer = [None] * 3 + [-1.0, -0.5, -1.0, -0.25] + [None] * 2 + [-0.1, -3.0, -1.0]
+    table = build_token_table(tool_trajectory(0, trainer_logprobs=trainer, sampler="vllm"), INFO)
+    gaps = table.values("mismatch")
+    assert gaps[5] == 1.0 and gaps[3] == 0.0 and gaps[0] is None and gaps[7] is None
+    assert table.reward[5] == -4.0 and table.reward[3] == -0.5
+    details = dict(token_details(table, 5, " x"))
+    assert details["trainer - sampler log-prob"] == "+1.0000" and details["student log-prob"] == "-2.0000"
+    scale = colour_scale("mismatch", table)
+    assert scale.colour(math.log(2.0)) == scale.colour(5.0) != scale.colour(0.0) == "#f7f7f7"
 
 
 def test_turn_kl_is_the_mean_of_logp_minus_teacher():
