@@ -147,25 +147,30 @@ def build_sandbox(config: TrainConfig) -> Any:
 
 
 def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any = None, *,
-                   sampler: str = "hf", path: str | None = None) -> Any:
+                   sampler: str = "hf", path: str | None = None, processes: int = 1) -> Any:
     """A rollout engine with the run's rollout settings, sampling from ``model`` in process
     (``sampler="hf"``) or from a vLLM engine loaded from ``path``, ``model``'s folder
-    (``sampler="vllm"``; the trainer keeps its weights in step)."""
+    (``sampler="vllm"``; the trainer keeps its weights in step). ``processes``: how many
+    training processes the run has."""
     from .rollout.engine import RolloutEngine
     from .rollout.hf_backend import HFGenerationBackend
 
     if sampler == "vllm":
         if path is None:
             raise ValueError("the vllm sampler loads the student from its folder; pass path=")
-        backend = vllm_backend(path, config, vision)
+        backend = vllm_backend(path, config, vision, processes=processes)
     else:
         backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
                                       cpu_threads=config.rollout.torch_threads)
     return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
 
 
-def vllm_backend(path: str, config: TrainConfig, vision: Any = None) -> Any:
+def vllm_backend(path: str, config: TrainConfig, vision: Any = None, *, processes: int = 1) -> Any:
     """vLLM's engine in this process, loaded from ``path`` with the ``rollout.vllm`` settings.
+
+    One training process only: each process would start an engine of its own on the same
+    devices, which is not implemented (use ``rollout.vllm.tensor_parallel_size`` for a large
+    student).
 
     Sets the environment vLLM reads (:data:`~reopold_agent.rollout.vllm_backend.PROCESS_ENVIRONMENT`
     always, :data:`~reopold_agent.rollout.vllm_backend.DEFAULT_ENVIRONMENT` where unset) before
@@ -175,6 +180,9 @@ def vllm_backend(path: str, config: TrainConfig, vision: Any = None) -> Any:
 
     from .rollout.vllm_backend import DEFAULT_ENVIRONMENT, PROCESS_ENVIRONMENT, VLLMGenerationBackend, VLLMStartError
 
+    if processes > 1:
+        raise UsageError(f"rollout.backend=vllm runs in a single training process, not {processes}; "
+                         "use rollout.backend=hf with several processes")
     if vision is not None:
         raise UsageError("rollout.backend=vllm samples text students only (vision-language students through "
                          "vLLM are not implemented: untested here); use rollout.backend=hf")
@@ -240,7 +248,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
     student = student.to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
-    engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path)
+    engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path,
+                            processes=accelerator.num_processes)
     logger = RunLogger(config.output_dir)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),

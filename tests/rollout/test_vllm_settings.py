@@ -66,3 +66,12 @@ def test_a_vision_language_student_is_refused_by_the_vllm_backend(tmp_path, caps
             "--set", f"rollout.image_min_pixels={tiny.VL_PIXELS}", "--set", f"rollout.image_max_pixels={tiny.VL_PIXELS}"]
     assert main(argv) == 2
     assert "rollout.backend=vllm samples text students only" in _one_line(capsys)
+
+
+def test_the_vllm_backend_refuses_several_training_processes(text_models):
+    from reopold_agent.cli import UsageError
+    from reopold_agent.commands import vllm_backend
+    from reopold_agent.train_config import TrainConfig
+
+    with pytest.raises(UsageError, match="single training process, not 2"):
+        vllm_backend(str(text_models[0]), TrainConfig(), processes=2)
