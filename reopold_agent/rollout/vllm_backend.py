@@ -24,8 +24,8 @@ prefix cache, whose entries were computed with the old weights. This needs the e
 process: the CLI sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and the constructor refuses an engine
 running elsewhere. On a GPU with ``enable_sleep_mode``, :meth:`sleep` frees the KV cache and moves
 the weights to host memory while the trainer scores and updates (vLLM sleep level 1), and the
-next :meth:`sync_weights` or :meth:`generate` wakes it. The CPU build has no sleep mode; sleep
-and wake are untested here (no GPU with vLLM was available to this project's checks).
+next :meth:`sync_weights` or :meth:`generate` wakes it. The CPU build has no sleep mode, so
+the tests do not exercise sleep and wake.
 
 Not supported: vision-language students (vLLM takes images through ``multi_modal_data``, but
 none of it could be tested here, so the CLI refuses them). vLLM's CPU attention refuses some
@@ -35,9 +35,9 @@ Side effects on the process, all undone or stated: vLLM's CPU worker replaces
 ``torch.set_num_threads`` with a no-op (it pins threads to cores); the trainer shares the process
 and runs with ``VLLM_CPU_OMP_THREADS_BIND=nobind``, so the constructor puts the original back.
 vLLM seeds the global RNGs while it starts; the constructor restores the caller's CPU RNG
-states.
-vLLM also initialises a one-process ``torch.distributed`` group for itself, and its parallel
-state is global: one engine per process (:meth:`close` the first before starting another).
+states. vLLM also initialises a one-process ``torch.distributed`` group for itself, and its
+parallel state is global: one engine per process (:meth:`close` the first before starting
+another).
 """
 
 from __future__ import annotations
@@ -197,7 +197,8 @@ class VLLMGenerationBackend(GenerationBackend):
         self._wake()
         state = model.state_dict()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
-        self.llm.reset_prefix_cache()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache after a weight update (requests still running?)")
 
     def sleep(self) -> None:
         """GPU with sleep mode: free the KV cache and move the weights to host memory."""
