@@ -108,8 +108,9 @@ class Trainer:
         t2 = time.perf_counter()
         batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
                         require_teacher=parts.teacher is not None)
+        t_recompute = time.perf_counter()
         behaviour = {} if self._rollout_engine.backend.reports_entropy else self._recompute_behaviour(batch, trajectories)
-        t_recompute = time.perf_counter() - t2
+        t_recompute = time.perf_counter() - t_recompute
         with acc.autocast():
             stats = policy_update(
                 parts.student, parts.optimizer, parts.scheduler, batch,
