@@ -48,6 +48,13 @@ class Generation:
     """"stop" when a stop token was sampled, "length" when the row's budget ran out."""
 
 
+def check_rows(prompts: list, max_new_tokens: list, seeds: list) -> None:
+    """Raise ValueError unless every row has a prompt, a budget and a seed."""
+    if not len(prompts) == len(max_new_tokens) == len(seeds):
+        raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
+                         "need one of each per row")
+
+
 class GenerationBackend(abc.ABC):
     """Samples continuations of token-id prompts from the current student."""
 

@@ -29,7 +29,7 @@ from transformers import DynamicCache
 
 from ..vision.positions import next_positions
 from ..vision.processing import VisionProcessor
-from .backend import Generation, GenerationBackend, SamplingParams
+from .backend import Generation, GenerationBackend, SamplingParams, check_rows
 from .sampling import row_keys, sample
 
 
@@ -69,9 +69,7 @@ class HFGenerationBackend(GenerationBackend):
         extra_inputs: list[dict[str, Any] | None] | None = None,
         on_row_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
-        if not len(prompts) == len(max_new_tokens) == len(seeds):
-            raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
-                             "need one of each per row")
+        check_rows(prompts, max_new_tokens, seeds)
         rows = [(x or {}).get("vision") for x in extra_inputs] if extra_inputs is not None else [None] * len(prompts)
         if any(r is not None for r in rows) and self.vision is None:
             raise ValueError("prompts carry images but this backend was built without a VisionProcessor "

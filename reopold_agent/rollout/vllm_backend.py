@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backend import Generation, GenerationBackend, SamplingParams
+from .backend import Generation, GenerationBackend, SamplingParams, check_rows
 from .config import VLLMConfig
 
 PROCESS_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -151,9 +151,7 @@ class VLLMGenerationBackend(GenerationBackend):
         extra_inputs: list[dict[str, Any] | None] | None = None,
         on_row_done: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
-        if not len(prompts) == len(max_new_tokens) == len(seeds):
-            raise ValueError(f"{len(prompts)} prompts, {len(max_new_tokens)} budgets and {len(seeds)} seeds; "
-                             "need one of each per row")
+        check_rows(prompts, max_new_tokens, seeds)
         if extra_inputs is not None and any(x for x in extra_inputs):
             raise ValueError("the vLLM backend samples text prompts only; rows carry images or other inputs")
         if not prompts:
