@@ -63,7 +63,7 @@ class AccuracyTarget:
     def __post_init__(self) -> None:
         if not 0 <= self.low <= self.high <= 1:
             raise ValueError(f"accuracy band must satisfy 0 <= low <= high <= 1, got [{self.low}, {self.high}]")
-        if not 1 <= self.fine_every <= self.every and 1 <= self.first_check <= self.max_steps:
+        if not (1 <= self.fine_every <= self.every and 1 <= self.first_check <= self.max_steps):
             raise ValueError("need 1 <= fine_every <= every and 1 <= first_check <= max_steps")
 
 
@@ -102,7 +102,6 @@ class EmbeddedRecipe:
     """Vision-language recipes: a first supervised stage, for both roles, on short
     image-to-answer conversations (:func:`alignment_conversations`); the task stage then trains on
     the task conversations mixed with as many alignment ones, so reading images is not unlearned."""
-
     teacher_target: AccuracyTarget | None = None
     """When the teacher's training stops (None: after ``teacher_sft.steps``)."""
     student_target: AccuracyTarget | None = None

@@ -66,3 +66,10 @@ def test_never_reaching_the_band_fails_after_max_steps():
 def test_a_band_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="accuracy band"):
         AccuracyTarget(low=0.5, high=0.4)
+
+
+@pytest.mark.parametrize("spacing", [dict(every=5, fine_every=10), dict(first_check=50, max_steps=40),
+                                     dict(fine_every=0)])
+def test_inconsistent_spacings_are_refused(spacing):
+    with pytest.raises(ValueError, match="fine_every"):
+        AccuracyTarget(low=0.5, **spacing)
