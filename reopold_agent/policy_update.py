@@ -94,6 +94,14 @@ def policy_update(
     for key in ("objective/num_valid", "objective/num_selected"):  # counts add up over the step
         if key in totals:
             out[key] = float(sum(totals[key]))
+    if "objective/rho_max" in totals:
+        out["objective/rho_max"] = max(totals["objective/rho_max"])
+    if totals.get("objective/num_valid") and sum(totals["objective/num_valid"]):
+        # shares of valid tokens: weighted by each micro-batch's count, as over the whole step
+        weights = totals["objective/num_valid"]
+        for key in ("objective/rho_mean", "objective/rho_off_frac"):
+            if key in totals:
+                out[key] = sum(w * v for w, v in zip(weights, totals[key])) / sum(weights)
     if out.get("objective/num_valid"):
         out["objective/selected_ratio"] = out["objective/num_selected"] / out["objective/num_valid"]
     out["objective/loss"] = sum(totals.get("objective/loss", [0.0]))  / max(optim.mini_batches, 1)

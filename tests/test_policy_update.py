@@ -68,3 +68,22 @@ def test_refinement_selects_top_beta_of_the_minibatch():
     assert stats["objective/phase"] == 1.0
     # per-micro-batch selected ratios vary, but the mean is near beta over the whole batch
     assert 0.0 < stats["objective/selected_ratio"] < 0.6
+
+
+def _stats_with_stale_behaviour(micro_rows):
+    """Step stats when the rollouts came from another policy (rho != 1), split into micro-batches."""
+    model, teacher = tiny.model("nano", seed=1), tiny.model("nano", seed=2)
+    batch = collate(_trajectories(tiny.model("nano", seed=3), teacher), pad_token_id=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return policy_update(model, opt, sched, batch, step=0, settings=ObjectiveConfig(name="rkl_sg"),
+                         optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,
+                         backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0))
+
+
+def test_ratio_statistics_cover_the_whole_step_however_it_is_split():
+    """rho's max is the step's max and its shares are over all valid tokens, not means of micro-batch values."""
+    whole, split = _stats_with_stale_behaviour(6), _stats_with_stale_behaviour(1)
+    assert whole["objective/rho_max"] > 1.2 and 0.0 < whole["objective/rho_off_frac"] < 1.0
+    for key in ("objective/rho_max", "objective/rho_mean", "objective/rho_off_frac", "objective/num_valid"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key

@@ -33,6 +33,10 @@ def nearest_rank_percentiles(values_N: Tensor, prefix: str) -> dict[str, Tensor 
             for name, q in PERCENTILES}
 
 
+RHO_BAND = 0.2
+"""|rho - 1| beyond which a token counts as stale in ``objective/rho_off_frac`` (PPO's usual eps)."""
+
+
 def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: Tensor,
                 entropy_BT: Tensor | None) -> dict[str, Tensor | float]:
     """Counts and ratios every objective reports.
@@ -46,11 +50,14 @@ def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: T
 
     Returns:
         ``objective/num_valid``, ``num_selected``, ``selected_ratio`` (selected / valid),
-        ``ratio_clip_frac`` (clip-active / selected), ``rho_mean`` (over valid) and
-        ``entropy_mean`` (over valid; NaN when no entropy was given).
+        ``ratio_clip_frac`` (clip-active / selected), ``rho_mean``, ``rho_max`` and
+        ``rho_off_frac`` (share with |rho - 1| > :data:`RHO_BAND`), all over valid tokens, so
+        staleness across the optimiser steps of a rollout batch shows whether or not ratio
+        clipping is on, and ``entropy_mean`` (over valid; NaN when no entropy was given).
     """
     num_valid = valid_BT.sum(dtype=torch.float64)
     num_sel = keep_BT.sum(dtype=torch.float64)
+    rho_valid = rho_BT.detach()[valid_BT]
     return {
         "objective/num_valid": num_valid,
         "objective/num_selected": num_sel,
@@ -58,6 +65,8 @@ def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: T
         "objective/ratio_clip_frac": ((clipped_BT & keep_BT).sum(dtype=torch.float64)
                                       / num_sel.clamp_min(1)),
         "objective/rho_mean": masked_mean(rho_BT, valid_BT),
+        "objective/rho_max": rho_valid.max() if rho_valid.numel() else 1.0,
+        "objective/rho_off_frac": masked_mean(((rho_BT.detach() - 1).abs() > RHO_BAND).to(rho_BT.dtype), valid_BT),
         "objective/entropy_mean": (math.nan if entropy_BT is None
                                    else masked_mean(entropy_BT, valid_BT)),
     }

@@ -15,7 +15,7 @@ from reopold_agent.objectives import (
 NAMES = sorted(OBJECTIVES)
 COMMON_KEYS = {"objective/loss", "objective/num_valid", "objective/num_selected",
                "objective/selected_ratio", "objective/ratio_clip_frac", "objective/rho_mean",
-               "objective/entropy_mean"}
+               "objective/rho_max", "objective/rho_off_frac", "objective/entropy_mean"}
 REOPOLD_KEYS = COMMON_KEYS | {
     "objective/phase", "objective/below_floor_frac", "objective/reward_mean",
     "objective/reward_p10", "objective/reward_p50", "objective/reward_p90",

@@ -64,6 +64,9 @@ def test_exploration_value_gradient_and_stats():
     assert stats["objective/entropy_mean"] == pytest.approx(0.88, abs=1e-12)  # 4.4 / 5
     rho_mean = (math.exp(0.1) + 1 + math.exp(-0.2) + 1 + math.exp(0.3)) / 5
     assert stats["objective/rho_mean"] == pytest.approx(rho_mean, abs=1e-12)
+    # valid rho = e^0.1, 1, e^-0.2, 1, e^0.3: only e^0.3 - 1 = 0.35 is beyond 0.2 (e^-0.2 is 0.18 below 1)
+    assert stats["objective/rho_max"] == pytest.approx(math.exp(0.3), abs=1e-12)
+    assert stats["objective/rho_off_frac"] == pytest.approx(0.2, abs=1e-12)
     assert stats["objective/ratio_clip_frac"] == 0.0
     assert math.isnan(stats["objective/entropy_threshold"])
     assert stats["objective/loss"] == loss.item()
