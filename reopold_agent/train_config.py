@@ -54,9 +54,9 @@ class ObjectiveConfig:
     reopold: ReopoldConfig = field(default_factory=ReopoldConfig)
     rkl: RklConfig = field(default_factory=RklConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
-    switch_fraction: float | None = None
-    """If set, REOPOLD's switch step is this fraction of ``train.steps`` (paper: about 1/3),
-    overriding ``reopold.switch_step``."""
+    switch_fraction: float | None = 0.33
+    """REOPOLD's switch step as a fraction of ``train.steps`` (paper: about one third). Set it to
+    null to use ``reopold.switch_step`` instead (a training step; setting both is an error)."""
     entropy_source: Literal["behaviour", "current"] = "behaviour"
     """Entropy used for token selection (paper: unspecified). ``behaviour``: recorded at sampling
     under pi_old (free, fixed across mini-batches); ``current``: recomputed under pi_theta."""
@@ -79,6 +79,10 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if self.switch_fraction is not None and not 0.0 <= self.switch_fraction <= 1.0:
             raise ValueError(f"switch_fraction must be in [0, 1], got {self.switch_fraction}")
+        if self.switch_fraction is not None and self.reopold.switch_step != ReopoldConfig.switch_step:
+            raise ValueError(f"objective.reopold.switch_step={self.reopold.switch_step} is ignored while "
+                             f"objective.switch_fraction={self.switch_fraction} is set; set objective.switch_fraction "
+                             "to null to switch at that step")
         if self.tis_cap is not None and not self.tis_cap >= 1.0:
             raise ValueError(f"tis_cap must be >= 1 or null (off), got {self.tis_cap}")
 

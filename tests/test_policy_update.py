@@ -44,7 +44,7 @@ def _grads_after(micro_rows, name, step, scope="minibatch"):
 
     opt = Capture(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    settings = ObjectiveConfig(name=name, selection_scope=scope)
+    settings = ObjectiveConfig(name=name, selection_scope=scope, switch_fraction=None)
     settings.reopold = type(settings.reopold)(switch_step=2)
     stats = policy_update(model, opt, sched, batch, step=step, settings=settings,
                           optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,

@@ -51,3 +51,20 @@ def test_visual_qa_vl_preset_fits_its_images():
     assert image.size == features.image.size == (448, 448) and features.num_tokens == 256
     # every image at its largest and 512 tokens per assistant turn still fit the episode budget
     assert r.max_images_per_episode * features.num_tokens + r.max_turns * 512 <= r.max_episode_tokens
+
+
+def test_bare_defaults_switch_to_refinement_a_third_of_the_way():
+    """With no preset value, REOPOLD still reaches refinement: the switch is a fraction of the run."""
+    from reopold_agent.train_config import ObjectiveConfig
+
+    assert ObjectiveConfig().switch_step(100) == 33 and ObjectiveConfig().switch_step(300) == 99
+
+
+def test_an_absolute_switch_step_needs_the_fraction_off():
+    from reopold_agent.config_loading import ConfigError, from_dict
+    from reopold_agent.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match="switch_step=50 is ignored while objective.switch_fraction=0.33"):
+        from_dict(TrainConfig, {"objective": {"reopold": {"switch_step": 50}}})
+    config = from_dict(TrainConfig, {"objective": {"switch_fraction": None, "reopold": {"switch_step": 50}}})
+    assert config.objective.switch_step(400) == 50

@@ -43,10 +43,13 @@ class ReopoldConfig:
     Attributes:
         lam: mixture weight lambda in (0, 1) defining the reward floor c = log(lam) / (1 - lam).
         beta: fraction in (0, 1] of valid tokens, by highest student entropy, kept in refinement.
-        switch_step: optimizer step T_switch at which exploration (floor-drop mask) becomes
+        switch_step: training step T_switch at which exploration (floor-drop mask) becomes
             refinement (entropy mask + floor clip); steps are 0-based, refinement when
-            ``step >= switch_step``. Default 100 is the paper's math run (300 steps); the paper
-            uses about one third of the total steps, so set it per run.
+            ``step >= switch_step``. A training step is one rollout batch, as in the paper's
+            step counts: pass the same ``step`` to every optimiser step (mini-batch) of it.
+            Default 100 is the paper's math run (300 steps); the paper uses about one third of
+            the total steps, so set it per run (the trainer's ``objective.switch_fraction``
+            does that).
         ratio_clip: None disables PPO ratio clipping (default; the paper reports it fires on
             <0.2% of tokens and does not state epsilon). A float eps uses the pessimistic
             ``min(rho * R_hat, clip(rho, 1 - eps, 1 + eps) * R_hat)``.
@@ -80,7 +83,7 @@ class ReopoldConfig:
         return math.log(self.lam) / (1.0 - self.lam)
 
     def is_refinement(self, step: int) -> bool:
-        """True when ``step`` (0-based optimizer step) is in the refinement phase."""
+        """True when ``step`` (0-based training step) is in the refinement phase."""
         return step >= self.switch_step
 
 

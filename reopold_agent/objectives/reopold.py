@@ -98,7 +98,7 @@ def reopold_objective(batch: ObjectiveInputs, *, step: int,
         batch: [B, T] tensors; needs ``logprobs``, ``teacher_logprobs``, ``loss_mask``, and
             ``entropy`` in refinement. Invalid positions (loss_mask <= 0) get exactly zero
             gradient and their values, NaN/inf included, never reach loss or gradient.
-        step: 0-based optimizer step; refinement when ``step >= config.switch_step``.
+        step: 0-based training step (one rollout batch); refinement when ``step >= config.switch_step``.
         config: REOPOLD hyper-parameters.
 
     Returns:
@@ -148,7 +148,7 @@ def reopold_loss(logprobs: Tensor, old_logprobs: Tensor | None, teacher_logprobs
         teacher_logprobs: [B, T] log pi_T.
         entropy: [B, T] student entropy (needed in refinement), or None.
         loss_mask: [B, T] bool/int/float, > 0 on student-generated tokens.
-        step: 0-based optimizer step.
+        step: 0-based training step (one rollout batch).
         config: REOPOLD hyper-parameters.
         entropy_threshold: tau_beta computed over a larger batch, or None to compute here.
         normalizer: loss denominator computed over a larger batch, or None for max(sum M, 1).
