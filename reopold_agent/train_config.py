@@ -83,6 +83,10 @@ class ObjectiveConfig:
             raise ValueError(f"objective.reopold.switch_step={self.reopold.switch_step} is ignored while "
                              f"objective.switch_fraction={self.switch_fraction} is set; set objective.switch_fraction "
                              "to null to switch at that step")
+        if self.entropy_source == "current" and self.selection_scope == "step":
+            raise ValueError("objective.entropy_source=current needs objective.selection_scope=minibatch: the "
+                             "current policy's entropies exist only per mini-batch, after the step's earlier "
+                             "optimiser steps, so a threshold over the whole step cannot be taken from them")
         if self.tis_cap is not None and not self.tis_cap >= 1.0:
             raise ValueError(f"tis_cap must be >= 1 or null (off), got {self.tis_cap}")
 

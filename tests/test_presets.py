@@ -68,3 +68,12 @@ def test_an_absolute_switch_step_needs_the_fraction_off():
         from_dict(TrainConfig, {"objective": {"reopold": {"switch_step": 50}}})
     config = from_dict(TrainConfig, {"objective": {"switch_fraction": None, "reopold": {"switch_step": 50}}})
     assert config.objective.switch_step(400) == 50
+
+
+def test_current_entropy_with_a_step_wide_threshold_is_refused():
+    from reopold_agent.config_loading import ConfigError, from_dict
+    from reopold_agent.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match="entropy_source=current needs objective.selection_scope=minibatch"):
+        from_dict(TrainConfig, {"objective": {"entropy_source": "current", "selection_scope": "step"}})
+    assert from_dict(TrainConfig, {"objective": {"entropy_source": "current"}}).objective.selection_scope == "minibatch"
