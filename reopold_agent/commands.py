@@ -41,10 +41,15 @@ def load_model(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: b
     from .vision.loading import ModelLoadError
     from .vision.loading import load_model as load
 
+    from .sequence_scoring import backbone_and_head
+
     try:
-        return load(path, dtype=dtype, role=role, trust_remote_code=trust_remote_code)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+        model = load(path, dtype=dtype, role=role, trust_remote_code=trust_remote_code)
+        backbone_and_head(model)  # the scoring path needs a plain head; refuse others before training
+    except (ModelLoadError, ValueError) as exc:
+        raise UsageError(f"{role} {path}: {_first_line(exc)}" if not isinstance(exc, ModelLoadError)
+                         else str(exc)) from None
+    return model
 
 
 def load_vision(model: Any, path: str, config: TrainConfig) -> Any:
