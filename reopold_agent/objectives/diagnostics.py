@@ -57,7 +57,7 @@ def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: T
     """
     num_valid = valid_BT.sum(dtype=torch.float64)
     num_sel = keep_BT.sum(dtype=torch.float64)
-    rho_valid = rho_BT.detach()[valid_BT]
+    rho_max = torch.where(valid_BT, rho_BT.detach(), torch.full_like(rho_BT, -math.inf)).max()
     return {
         "objective/num_valid": num_valid,
         "objective/num_selected": num_sel,
@@ -65,7 +65,7 @@ def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: T
         "objective/ratio_clip_frac": ((clipped_BT & keep_BT).sum(dtype=torch.float64)
                                       / num_sel.clamp_min(1)),
         "objective/rho_mean": masked_mean(rho_BT, valid_BT),
-        "objective/rho_max": rho_valid.max() if rho_valid.numel() else 1.0,
+        "objective/rho_max": torch.where(valid_BT.any(), rho_max, torch.ones_like(rho_max)),
         "objective/rho_off_frac": masked_mean(((rho_BT.detach() - 1).abs() > RHO_BAND).to(rho_BT.dtype), valid_BT),
         "objective/entropy_mean": (math.nan if entropy_BT is None
                                    else masked_mean(entropy_BT, valid_BT)),

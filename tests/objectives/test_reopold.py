@@ -160,6 +160,8 @@ def test_no_selected_token_gives_exact_zero(step):
     loss.backward()
     assert torch.equal(logp.grad, torch.zeros_like(logp))
     assert stats["objective/num_selected"] == 0.0 and stats["objective/selected_ratio"] == 0.0
+    if step == 1:  # no valid token: the ratio statistics read as on-policy
+        assert stats["objective/rho_max"] == 1.0 and stats["objective/rho_off_frac"] == 0.0
 
 
 def test_old_logprobs_none_means_on_policy():
