@@ -25,6 +25,7 @@ import torch
 from reopold_agent import embedded
 from reopold_agent.cli import default_cache_dir
 from reopold_agent.cli import main as cli_main
+from reopold_agent.measured_stop import AccuracyTarget, probe_accuracy, train_to_target
 from reopold_agent.run_logging import read_metrics
 from reopold_agent.sandbox import SandboxConfig, make_sandbox
 from reopold_agent.supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
@@ -46,10 +47,10 @@ def strong_student(out: Path, *, target: float, cache_dir: Path, log=print) -> d
         examples = [tokenize_conversation(tokenizer, c) for c in conversations]
         run = SupervisedRun(model, examples, SupervisedConfig(steps=1000, batch_size=32, lr=1e-3, warmup_steps=1,
                                                               seed=5), pad_token_id=tokenizer.pad_token_id)
-        measure = embedded._probe_measure(recipe, model, tokenizer, None, sandbox)
-        reached = embedded.train_to_target(run, embedded.AccuracyTarget(low=target, first_check=10, every=10,
-                                                                        fine_every=10, max_steps=1000),
-                                           measure, log=log, role="strong student")
+        measure = probe_accuracy("tool_math", recipe.probe, model, tokenizer, sandbox=sandbox, seed=recipe.seed)
+        reached = train_to_target(run, AccuracyTarget(low=target, first_check=10, every=10, fine_every=10,
+                                                      max_steps=1000),
+                                  measure, log=log, role="strong student")
         model.save_pretrained(out / "student")
         tokenizer.save_pretrained(out / "student")
         return {"teacher": str(built.teacher), "student": str(out / "student"), **reached}

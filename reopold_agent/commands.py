@@ -77,7 +77,8 @@ def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: b
     """
     student, teacher = config.model.student, config.model.teacher
     if student is None or (teacher is None and need_teacher):
-        from .embedded import RECIPES, EmbeddedBuildError, ensure_embedded_models, is_built
+        from .embedded import RECIPES, ensure_embedded_models, is_built
+        from .measured_stop import EmbeddedBuildError
 
         if config.task.name not in RECIPES:
             raise UsageError(f"task {config.task.name!r} has no embedded default models; name them with "

@@ -22,12 +22,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .measured_stop import AccuracyProbe, AccuracyTarget, probe_accuracy, train_to_target
 from .rollout.config import RolloutConfig
 from .supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
 from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer
@@ -35,49 +36,6 @@ from .tool_protocol import assistant_text
 from .vision.tiny import TinyVLSpec, build_tiny_vl, save_tiny_vl
 
 RECIPE_VERSION = 2
-
-
-class EmbeddedBuildError(RuntimeError):
-    """A role's measured accuracy did not land inside its target band."""
-
-
-@dataclass(frozen=True)
-class AccuracyTarget:
-    """Where a role's supervised training stops: its greedy accuracy on probe problems.
-
-    Training runs to ``first_check``, then measures every ``every`` steps and stops at the first
-    measurement at or above ``low``. If that one is also above ``high`` (the accuracy jumped over
-    the band between two measurements), training goes back to the previous measurement and
-    advances ``fine_every`` steps at a time instead. A role that never reaches ``low`` by
-    ``max_steps``, or jumps over the band even at the fine spacing, fails the build with
-    :class:`EmbeddedBuildError`.
-    """
-
-    low: float
-    high: float = 1.0
-    first_check: int = 100
-    every: int = 25
-    fine_every: int = 5
-    max_steps: int = 2000
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.low <= self.high <= 1:
-            raise ValueError(f"accuracy band must satisfy 0 <= low <= high <= 1, got [{self.low}, {self.high}]")
-        if not (1 <= self.fine_every <= self.every and 1 <= self.first_check <= self.max_steps):
-            raise ValueError("need 1 <= fine_every <= every and 1 <= first_check <= max_steps")
-
-
-@dataclass(frozen=True)
-class AccuracyProbe:
-    """The held-out problems a build measures its models on (never the reported eval split)."""
-
-    env_kwargs: dict
-    """Environment settings of the probe episodes (split ``train``)."""
-    first_index: int = 50_000
-    """Train-split items from here on: beyond the gold conversations the models imitate."""
-    num_problems: int = 200
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
-    """Budgets of the probe episodes (greedy)."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +192,8 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *, sandbox: Any = N
     (needed only to build, and only for recipes with accuracy targets).
 
     Raises:
-        EmbeddedBuildError: a role's measured accuracy missed its band (nothing is cached).
+        :class:`~reopold_agent.measured_stop.EmbeddedBuildError`: a role's measured accuracy
+            missed its band (nothing is cached).
     """
     if task not in RECIPES:
         raise ValueError(f"task {task!r} has no embedded default models; name them with --student and --teacher "
@@ -329,7 +288,8 @@ def _build_role(recipe: EmbeddedRecipe, role: str, tokenizer, examples, aligned,
                     log(f"  {role} {stage} {s + 1}/{n} loss {loss:.3f}")
 
             if stage == "sft" and target is not None:
-                measure = _probe_measure(recipe, model, tokenizer, vision, sandbox)
+                measure = probe_accuracy(recipe.task, recipe.probe, model, tokenizer, sandbox=sandbox,
+                                         vision=vision, seed=recipe.seed)
                 entry.update(train_to_target(run, target, measure, on_step=on_step,
                                              log=lambda line: log(f"  {role}: {line}"), role=role))
             else:
@@ -344,75 +304,6 @@ def _build_role(recipe: EmbeddedRecipe, role: str, tokenizer, examples, aligned,
     entry["seconds"] = time.perf_counter() - start
     log(f"  {role}: {entry['params']:,} parameters, final loss {entry['final_loss']:.3f}, {entry['seconds']:.0f} s")
     return entry
-
-
-def train_to_target(run: SupervisedRun, target: AccuracyTarget, measure: Callable[[], float], *,
-                    on_step: Callable[[int, float], None] | None = None,
-                    log: Callable[[str], None] = print, role: str = "model") -> dict:
-    """Advance ``run`` until ``measure()`` lands in ``target``'s band (see :class:`AccuracyTarget`).
-
-    Returns:
-        ``{"steps": steps trained, "accuracy": the accuracy reached, "measurements": [[step,
-        accuracy], ...] in the order taken}``.
-
-    Raises:
-        EmbeddedBuildError: the band was not reached by ``max_steps`` or was jumped over.
-    """
-    measurements: list[list[float]] = []
-    spacing, previous = target.every, None
-    next_check = target.first_check
-    while True:
-        run.advance(next_check - run.step, on_step=on_step)
-        accuracy = measure()
-        measurements.append([run.step, accuracy])
-        log(f"step {run.step}: {100 * accuracy:.1f}% of the probe problems solved greedily")
-        if accuracy >= target.low:
-            if accuracy <= target.high:
-                return {"steps": run.step, "accuracy": accuracy, "measurements": measurements}
-            if previous is None or spacing == target.fine_every:
-                raise EmbeddedBuildError(
-                    f"the embedded {role} jumped past its accuracy band [{100 * target.low:.0f}%, "
-                    f"{100 * target.high:.0f}%] to {100 * accuracy:.1f}% at step {run.step} "
-                    f"(measurements: {_measurement_text(measurements)})")
-            run.restore(previous)
-            spacing, previous = target.fine_every, None
-            log(f"past the band; back to step {run.step}, measuring every {spacing} steps")
-        elif run.step >= target.max_steps:
-            raise EmbeddedBuildError(
-                f"the embedded {role} reached only {100 * accuracy:.1f}% greedy accuracy after {run.step} steps "
-                f"(needs {100 * target.low:.0f}%; measurements: {_measurement_text(measurements)})")
-        elif spacing == target.every:
-            previous = run.snapshot()
-        next_check = min(run.step + spacing, target.max_steps)
-
-
-def _measurement_text(measurements: list[list[float]]) -> str:
-    return ", ".join(f"{int(step)}: {100 * acc:.1f}%" for step, acc in measurements)
-
-
-def _probe_measure(recipe: EmbeddedRecipe, model, tokenizer, vision, sandbox) -> Callable[[], float]:
-    """Greedy accuracy of ``model`` (as it is when called) on the recipe's probe problems."""
-    from .envs.registry import make_env
-    from .evaluation import evaluate
-    from .rollout.engine import RolloutEngine
-    from .rollout.hf_backend import HFGenerationBackend
-    from .tasks.spec import TASKS
-
-    probe = recipe.probe
-    env_id = TASKS[recipe.task].env_id
-    backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision)
-    engine = RolloutEngine(backend, tokenizer, probe.rollout, vision=vision)
-    indices = list(range(probe.first_index, probe.first_index + probe.num_problems))
-
-    def make_probe_env():
-        return make_env(env_id, **probe.env_kwargs, split="train", sandbox=sandbox)
-
-    def measure() -> float:
-        metrics, _ = evaluate(engine, make_probe_env, indices, samples=0, greedy=True,
-                              batch_episodes=probe.num_problems, seed=recipe.seed)
-        return metrics["eval/greedy_accuracy"]
-
-    return measure
 
 
 def _machine() -> dict:

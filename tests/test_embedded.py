@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reopold_agent import embedded
+from reopold_agent.measured_stop import EmbeddedBuildError
 from reopold_agent.supervised import SupervisedConfig
 from reopold_agent.tiny_models import TINY_SPECS
 
@@ -83,7 +84,7 @@ def test_a_missed_band_leaves_nothing_in_the_cache(tmp_path, monkeypatch, sandbo
                                    rollout=embedded.RolloutConfig(max_turn_tokens=2, max_turns=1, temperature=0.0))
     target = embedded.AccuracyTarget(low=1.0, first_check=1, every=1, fine_every=1, max_steps=2)
     monkeypatch.setitem(embedded.RECIPES, "tool_math", _tiny_recipe(teacher_target=target, probe=probe))
-    with pytest.raises(embedded.EmbeddedBuildError, match="teacher reached only 0.0% greedy accuracy after 2 steps"):
+    with pytest.raises(EmbeddedBuildError, match="teacher reached only 0.0% greedy accuracy after 2 steps"):
         embedded.ensure_embedded_models("tool_math", tmp_path, sandbox=sandbox, log=lambda _: None)
     assert not embedded.is_built("tool_math", tmp_path)
     assert not any((tmp_path / "embedded").iterdir())

@@ -1,4 +1,4 @@
-"""Stopping a role's supervised training by measured accuracy (embedded.train_to_target).
+"""Stopping a role's supervised training by measured accuracy (measured_stop.train_to_target).
 
 The measurement here is a fixed function of the training step, so the search itself is checked:
 where it measures, when it goes back and refines, and when it gives up.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from reopold_agent.embedded import AccuracyTarget, EmbeddedBuildError, train_to_target
+from reopold_agent.measured_stop import AccuracyTarget, EmbeddedBuildError, train_to_target
 from reopold_agent.supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
 from tests import tiny
 
