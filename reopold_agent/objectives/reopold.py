@@ -5,7 +5,7 @@ Implements method sections 1-4:
     R_t = log pi_T(o_t) - log pi_theta(o_t),  R_hat_t = max(sg(R_t), c),  c = log(lam) / (1 - lam)
     rho_t = exp(log pi_theta(o_t) - log pi_old(o_t))
     L = -sum_t rho_t * R_hat_t * M_t / max(sum_t M_t, 1)
-    exploration (step < switch_step):  M_t = valid_t & (sg(R_t) >= c)
+    exploration (step < switch_step):  M_t = valid_t & (R_old_t >= c),  R_old_t = log pi_T - log pi_old
     refinement  (step >= switch_step): M_t = valid_t & (H_t >= tau_beta)
 
 Choices the paper leaves open, and what this module does (the caller decides the rest):
@@ -16,10 +16,16 @@ Choices the paper leaves open, and what this module does (the caller decides the
 - Batch for tau_beta: by default the batch passed in. To use a larger batch (mini-batch, all
   ranks), compute ``entropy_threshold(...)`` over it and pass ``entropy_threshold=``.
 - Normaliser under gradient accumulation: by default this batch's ``max(sum M, 1)``. For one
-  normaliser per optimizer step (the mean over a whole mini-batch), compute ``selected_token_count(...)`` over the mini-batch and
-  pass ``normalizer=``; the micro-batch losses then sum to the mini-batch loss. In exploration
-  the mask depends on pi_theta, so a count computed up front from ``old_logprobs`` is exact
-  only on the first (on-policy) update of a rollout batch.
+  normaliser per optimizer step (the mean over a whole mini-batch), compute
+  ``selected_token_count(...)`` over the mini-batch and pass ``normalizer=``; the micro-batch
+  losses then sum to the mini-batch loss.
+- Exploration mask under several updates per rollout batch: the paper writes M_t = 1[R_t >= c]
+  with R under pi_theta, which moves during the updates of one rollout batch while the
+  normaliser must be fixed before the first micro-batch runs. Here the exploration mask uses the
+  behaviour reward R_old = log pi_T - log pi_old (from ``old_logprobs``; pi_theta when they are
+  None), so the mask and its normaliser are fixed per rollout batch like a PPO advantage, and
+  ``selected_token_count`` is exact on every update. On the first (on-policy) update R_old = R,
+  the paper's mask. The reward that enters the loss is still max(sg(R_t), c) under pi_theta.
 - PPO ratio clipping: off by default (``ReopoldConfig.ratio_clip``); the pessimistic form.
 
 Departure in form, not in value: in exploration the code also floors R (max(sg(R), c)); it
@@ -58,6 +64,9 @@ def _keep_mask(batch: ObjectiveInputs, valid_BT: Tensor, reward_BT: Tensor, step
                config: ReopoldConfig) -> tuple[Tensor, Tensor | None]:
     """The phase's token mask M and, in refinement, the entropy threshold used."""
     if not config.is_refinement(step):
+        if batch.old_logprobs is not None:  # the behaviour reward R_old (module docstring)
+            teacher_BT = zero_invalid(batch.teacher_logprobs, valid_BT)
+            reward_BT = teacher_BT.detach() - zero_invalid(batch.old_logprobs, valid_BT).detach()
         return valid_BT & (reward_BT >= config.floor), None
     entropy_BT = zero_invalid(batch.require("entropy", "reopold (refinement phase)"), valid_BT)
     tau = batch.entropy_threshold
@@ -70,8 +79,9 @@ def _keep_mask(batch: ObjectiveInputs, valid_BT: Tensor, reward_BT: Tensor, step
 def reopold_keep_mask(batch: ObjectiveInputs, *, step: int, config: ReopoldConfig) -> Tensor:
     """Bool [B, T] token mask M of the phase at ``step`` (method section 4).
 
-    Uses ``batch.logprobs`` (for R in exploration), ``teacher_logprobs``, ``entropy`` and
-    ``entropy_threshold`` (refinement) and ``loss_mask``. No gradient.
+    Uses ``teacher_logprobs`` and ``old_logprobs`` (``logprobs`` when None) for R_old in
+    exploration, ``entropy`` and ``entropy_threshold`` in refinement, and ``loss_mask``. No
+    gradient.
     """
     config = _check_config(config)
     valid_BT = valid_mask(batch.loss_mask)

@@ -231,3 +231,23 @@ def test_micro_batches_with_global_threshold_and_normalizer_sum_to_full_batch(st
     assert total == pytest.approx(full_loss.item(), abs=1e-12)
     torch.testing.assert_close(micro_logp.grad, full_logp.grad, atol=1e-12, rtol=0)
     assert local_total != pytest.approx(full_loss.item(), abs=1e-6)  # the overrides matter
+
+
+def test_exploration_mask_uses_behaviour_reward_so_the_normaliser_is_exact():
+    # After an update pi_theta moved: token (0,1) had R_old = -1.0 >= c under pi_old but
+    # R = -2.0 < c under pi_theta; token (1,1) the opposite (R_old = -2.5, R = -0.5).
+    # The mask follows R_old, so the token counted by selected_token_count is the one in the loss.
+    config = ReopoldConfig(switch_step=10)
+    logp, old, teacher, entropy, mask = make_batch(log_ratio=[[0.0, 1.0, 0.0], [0.0, -2.0, 0.0]])
+    batch = ObjectiveInputs(logprobs=logp, old_logprobs=old, teacher_logprobs=teacher,
+                            entropy=entropy, loss_mask=mask)
+    keep = reopold_keep_mask(batch, step=0, config=config)
+    assert keep.tolist() == [[True, True, True], [True, False, False]]
+    count = selected_token_count(batch, step=0, config=config)
+    loss, stats = reopold_loss(logp, old, teacher, entropy, mask, step=0, config=config,
+                               normalizer=count)
+    loss.backward()
+    assert stats["objective/num_selected"] == count.item() == 4
+    # (0,1) is selected with its pi_theta reward floored: R_hat = c, rho = e^1
+    assert logp.grad[0, 1].item() == pytest.approx(-math.exp(1.0) * FLOOR / 4, abs=1e-12)
+    assert logp.grad[1, 1].item() == 0.0
