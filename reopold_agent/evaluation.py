@@ -1,18 +1,19 @@
 """Held-out evaluation: greedy and sampled accuracy, pass@k and maj@k on a fixed problem set.
 
 An episode counts as solved when its outcome reward is 1 (the task's verifier accepted the final
-answer). With k sampled attempts per problem: ``sampled_accuracy`` is the mean over attempts,
-``pass@k`` the fraction of problems solved at least once, ``maj@k`` the fraction whose most
-frequent final answer is correct.
+answer). With n sampled attempts per problem: ``sampled_accuracy`` is the mean over attempts,
+and ``pass@k`` and ``maj@k`` for k = 1, 2, 4, ..., n are estimated from all n attempts
+(:mod:`reopold_agent.eval_scaling`): the probability that k attempts solve the problem at least
+once, and that their most frequent final answer is correct.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 from typing import Any, Callable
 
+from .eval_scaling import Attempt, ScalingPoint, scaling_curve
 from .rollout.engine import EpisodeRequest, RolloutEngine
 from .trajectory import Trajectory
 
@@ -75,13 +76,16 @@ def _with_sampling(engine: RolloutEngine, **changes) -> RolloutEngine:
                          vision=engine.vision)
 
 
-def _majority_correct(group: list[Trajectory]) -> bool:
-    answers = [t.info.get("outcome", {}).get("extracted") for t in group]
-    answers = [a for a in answers if a is not None]
-    if not answers:
-        return False
-    top, _ = Counter(map(str, answers)).most_common(1)[0]
-    return any(str(t.info.get("outcome", {}).get("extracted")) == top and t.reward >= 1.0 for t in group)
+def sampled_scaling(trajectories: list[Trajectory], seconds_per_token: float, *,
+                    seed: int = 0) -> list[ScalingPoint]:
+    """The test-time scaling curve of sampled evaluation episodes, grouped by problem."""
+    by_problem: dict[str, list[Attempt]] = {}
+    for t in trajectories:
+        extracted = t.info.get("outcome", {}).get("extracted")
+        by_problem.setdefault(t.prompt_id, []).append(Attempt(
+            correct=t.reward >= 1.0, answer=None if extracted is None else str(extracted),
+            tokens=t.num_model_tokens))
+    return scaling_curve(list(by_problem.values()), seconds_per_token, seed=seed)
 
 
 def _mean(values) -> float:
