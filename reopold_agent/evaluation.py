@@ -33,7 +33,8 @@ def evaluate(
 
     ``engine`` provides the backend and budgets; a greedy copy (temperature 0) is made for the
     greedy pass. Metric keys: ``eval/greedy_accuracy``, ``eval/sampled_accuracy``,
-    ``eval/pass@k``, ``eval/maj@k``, ``eval/tokens_per_second``, ``eval/num_problems``.
+    ``eval/pass@k`` and ``eval/maj@k`` for every k of the ladder up to ``samples``,
+    ``eval/sampled_seconds_per_token``, ``eval/tokens_per_second``, ``eval/num_problems``.
     """
     metrics: dict[str, float] = {"eval/num_problems": float(len(indices))}
     all_trajs: list[Trajectory] = []
@@ -46,13 +47,14 @@ def evaluate(
         all_trajs += trajs
     if samples > 0:
         jobs = [(i, g) for i in indices for g in range(samples)]
+        sampled_start = time.perf_counter()
         trajs = _play(engine, make_env, envs, jobs, batch_episodes, seed + 1, step)
-        by_problem: dict[str, list[Trajectory]] = {}
-        for t in trajs:
-            by_problem.setdefault(t.prompt_id, []).append(t)
+        seconds = time.perf_counter() - sampled_start
         metrics["eval/sampled_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
-        metrics[f"eval/pass@{samples}"] = _mean([any(t.reward >= 1.0 for t in g) for g in by_problem.values()])
-        metrics[f"eval/maj@{samples}"] = _mean([_majority_correct(g) for g in by_problem.values()])
+        metrics["eval/sampled_seconds_per_token"] = seconds / max(sum(t.num_model_tokens for t in trajs), 1)
+        for point in sampled_scaling(trajs, metrics["eval/sampled_seconds_per_token"], seed=seed):
+            metrics[f"eval/pass@{point.k}"] = point.pass_at_k
+            metrics[f"eval/maj@{point.k}"] = point.maj_at_k
         all_trajs += trajs
     tokens = sum(t.num_model_tokens for t in all_trajs)
     metrics["eval/tokens_per_second"] = tokens / max(time.perf_counter() - start, 1e-9)
