@@ -7,6 +7,8 @@ not understand with a :class:`ConfigError` whose message names the offending key
 
 * an unknown key (with the valid keys listed),
 * a value of the wrong type (``train.steps: expected int, got 'ten'``),
+* a value outside the field's declared range, NaN or infinity (``train.grad_clip must be > 0,
+  got -1.0``; ranges are declared on the fields, see :mod:`reopold_agent.config_ranges`),
 * a missing or unreadable YAML file, or YAML that is not a mapping.
 
 Values are converted strictly: an ``int`` field accepts ``3`` but not ``3.5`` or ``"3"``; a
@@ -24,6 +26,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from .config_ranges import FieldError
+
 T = TypeVar("T")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -33,18 +37,22 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path``.
+    """Read a YAML mapping from the UTF-8 file ``path``.
 
     Raises:
-        ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
+        ConfigError: the file is missing, unreadable, not UTF-8, not YAML, or not a mapping.
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -114,8 +122,21 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         return cls(**kwargs)
     except ConfigError:
         raise
+    except FieldError as exc:
+        raise ConfigError(f"{_join(where, exc.field)} {exc.reason}") from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
+        raise ConfigError(_with_section(cls, where, str(exc))) from None
+
+
+def _with_section(cls: type, where: str, message: str) -> str:
+    """``message`` of a failed ``cls(...)`` with the field's dotted name in front: a leading
+    ``ClassName.field`` becomes ``where.field``; other messages get ``where: `` in front."""
+    own = f"{cls.__name__}."
+    if message.startswith(own):
+        return _join(where, message[len(own):])
+    if where and message.startswith(f"{where}."):
+        return message
+    return f"{where or 'config'}: {message}"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

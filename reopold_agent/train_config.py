@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .config_ranges import check_ranges, ranged
 from .lr_schedule import LrDecay
 from .objectives.config import GrpoConfig, ReopoldConfig, RklConfig
 from .rollout.config import RolloutConfig
@@ -28,10 +29,13 @@ class ModelConfig:
     """``auto``: bfloat16 on a GPU, float32 on CPU."""
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    teacher_batch_rows: int = 16
+    teacher_batch_rows: int = ranged(16, ge=1)
     """Trajectories per teacher forward pass."""
-    vocab_chunk_rows: int = 1024
+    vocab_chunk_rows: int = ranged(1024, ge=1)
     """Rows of the [rows, vocab] projection computed at once (memory vs speed)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -54,7 +58,7 @@ class ObjectiveConfig:
     reopold: ReopoldConfig = field(default_factory=ReopoldConfig)
     rkl: RklConfig = field(default_factory=RklConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
-    switch_fraction: float | None = 0.33
+    switch_fraction: float | None = ranged(0.33, ge=0, le=1)
     """REOPOLD's switch step as a fraction of ``train.steps`` (paper: about one third). Set it to
     null to use ``reopold.switch_step`` instead (a training step; setting both is an error)."""
     entropy_source: Literal["behaviour", "current"] = "behaviour"
@@ -63,7 +67,7 @@ class ObjectiveConfig:
     selection_scope: Literal["step", "minibatch"] = "minibatch"
     """Batch over which the top-beta entropy threshold and the loss normaliser are computed
     (paper: unspecified). Never per micro-batch."""
-    tis_cap: float | None = None
+    tis_cap: float | None = ranged(None, ge=1)
     """Truncated importance sampling against the sampler/trainer mismatch (only with a sampler
     that runs its own copy of the model, ``rollout.backend: vllm``): each token's loss term is
     weighted by min(pi_trainer_old / pi_sampler, tis_cap), detached (verl's TIS; 2 is a common
@@ -77,8 +81,7 @@ class ObjectiveConfig:
         return int(round(self.switch_fraction * total_steps))
 
     def __post_init__(self) -> None:
-        if self.switch_fraction is not None and not 0.0 <= self.switch_fraction <= 1.0:
-            raise ValueError(f"switch_fraction must be in [0, 1], got {self.switch_fraction}")
+        check_ranges(self)
         if self.switch_fraction is not None and self.reopold.switch_step != ReopoldConfig.switch_step:
             raise ValueError(f"objective.reopold.switch_step={self.reopold.switch_step} is ignored while "
                              f"objective.switch_fraction={self.switch_fraction} is set; set objective.switch_fraction "
@@ -87,66 +90,65 @@ class ObjectiveConfig:
             raise ValueError("objective.entropy_source=current needs objective.selection_scope=minibatch: the "
                              "current policy's entropies exist only per mini-batch, after the step's earlier "
                              "optimiser steps, so a threshold over the whole step cannot be taken from them")
-        if self.tis_cap is not None and not self.tis_cap >= 1.0:
-            raise ValueError(f"tis_cap must be >= 1 or null (off), got {self.tis_cap}")
 
 
 @dataclass
 class OptimConfig:
     """The training loop: batch sizes, optimiser, schedule, checkpoints."""
 
-    steps: int = 100
-    prompts_per_step: int = 8
+    steps: int = ranged(100, ge=1)
+    prompts_per_step: int = ranged(8, ge=1)
     """P: prompts per step; each is rolled out ``rollout.group_size`` times."""
-    mini_batches: int = 1
+    mini_batches: int = ranged(1, ge=1)
     """Optimiser steps per training step (the rollout batch is split into this many)."""
-    micro_batch_rows: int = 32
+    micro_batch_rows: int = ranged(32, ge=1)
     """Trajectories per forward/backward (gradient accumulation inside a mini-batch)."""
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    lr: float = ranged(1e-5, gt=0)
+    weight_decay: float = ranged(0.0, ge=0)
+    warmup_steps: int = ranged(0, ge=0)
     """Training steps of linear learning-rate warm-up."""
     lr_decay: LrDecay = "constant"
     """After warm-up: constant (the paper), or cosine decay to ``final_lr_ratio * lr`` at the last step."""
-    final_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
+    final_lr_ratio: float = ranged(0.1, ge=0, le=1)
+    grad_clip: float = ranged(1.0, gt=0)
+    """Largest gradient norm; larger gradients are scaled down to it."""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """``adamw``: torch's AdamW (fp32 state, 8 bytes per parameter); ``adamw_8bit``:
+    bitsandbytes' 8-bit AdamW (2 bytes per parameter), on a CUDA GPU only."""
+    seed: int = ranged(0, ge=0)
     """Seeds the order of the train items and the rollouts' sampling."""
     shuffle: bool = True
     """Play the train items in a seeded random order, reshuffled every pass over the split
     (false: in index order)."""
-    save_every: int = 50
+    save_every: int = ranged(50, ge=1)
     """Checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 2
-    torch_threads: int | None = None
+    keep_checkpoints: int = ranged(2, ge=1)
+    torch_threads: int | None = ranged(None, ge=1)
     """CPU threads for torch (null: leave torch's default)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "prompts_per_step", "mini_batches", "micro_batch_rows", "save_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.final_lr_ratio <= 1.0:
-            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        check_ranges(self)
 
 
 @dataclass
 class EvalConfig:
     """Held-out evaluation."""
 
-    every: int = 0
+    every: int = ranged(0, ge=0)
     """Evaluate every this many steps (0: only before training and at the end)."""
-    num_problems: int = 500
-    """Held-out problems (the eval split, fixed)."""
-    samples: int = 4
+    num_problems: int = ranged(500, ge=0)
+    """Held-out problems (the eval split, fixed; 0: no evaluation)."""
+    samples: int = ranged(4, ge=1)
     """Sampled attempts per problem at temperature 1 (pass@k, maj@k, sampled accuracy)."""
     greedy: bool = True
     """Also decode greedily once per problem (greedy accuracy)."""
-    batch_episodes: int = 256
+    batch_episodes: int = ranged(256, ge=1)
     """Episodes played at once during evaluation."""
     teacher: bool = False
     """Also evaluate the teacher once before training (logged as ``eval/teacher_...``)."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -161,3 +163,30 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     output_dir: str = "runs/latest"
+
+    def __post_init__(self) -> None:
+        check_batch_shape(self, processes=1)
+
+
+def check_batch_shape(config: TrainConfig, processes: int) -> None:
+    """Refuse step shapes that cannot be split evenly over ``processes`` training processes.
+
+    Each process plays ``train.prompts_per_step / processes`` prompts, ``rollout.group_size``
+    rollouts each, and splits those rows into ``train.mini_batches`` equal mini-batches, so that
+    every process runs the same number of optimiser steps and collectives.
+
+    Raises:
+        ValueError: fewer prompts than processes, prompts not divisible by processes, or rows per
+            process not divisible by mini-batches.
+    """
+    prompts, groups, minis = config.train.prompts_per_step, config.rollout.group_size, config.train.mini_batches
+    if prompts < processes:
+        raise ValueError(f"train.prompts_per_step={prompts} is fewer than the {processes} training processes; "
+                         "every process needs at least one prompt per step")
+    if prompts % processes:
+        raise ValueError(f"train.prompts_per_step={prompts} is not divisible by the {processes} training "
+                         "processes; every process plays an equal share of the prompts")
+    rows = prompts // processes * groups
+    if rows % minis:
+        raise ValueError(f"train.mini_batches={minis} does not divide the {rows} rollouts each of the {processes} "
+                         f"process(es) trains on per step (train.prompts_per_step / processes x rollout.group_size)")

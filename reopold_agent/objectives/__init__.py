@@ -10,60 +10,41 @@ under stable ``objective/...`` keys. Pick one by name, once, at build time::
 
 ``reopold_loss`` is the positional convenience form of ``reopold_objective``. This package
 imports torch and nothing else from the project.
+
+The config dataclasses (:mod:`.config`, standard library only) load at once; the functions
+load on first use (a module ``__getattr__``), so that reading and validating a run
+configuration does not import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-
-from torch import Tensor
+import importlib
+from typing import Any
 
 from .config import GrpoConfig, ReopoldConfig, RklConfig, SftConfig
-from .grpo import group_advantages, grpo_objective
-from .inputs import ObjectiveInputs
-from .masks import entropy_keep_count, entropy_threshold, valid_mask
-from .reopold import reopold_keep_mask, reopold_loss, reopold_objective, selected_token_count
-from .rkl import rkl_objective, rkl_sg_objective
-from .sft import sft_objective
 
-__all__ = [
-    "OBJECTIVES", "OBJECTIVE_CONFIGS", "ObjectiveFn", "ObjectiveInputs", "ReopoldConfig",
-    "RklConfig", "GrpoConfig", "SftConfig", "get_objective", "reopold_loss", "reopold_objective",
-    "rkl_objective", "rkl_sg_objective", "grpo_objective", "sft_objective", "group_advantages",
-    "entropy_threshold", "entropy_keep_count", "selected_token_count", "reopold_keep_mask",
-    "valid_mask",
-]
+#: Exported name -> the submodule defining it (imported when the name is first used).
+_LAZY = {
+    "OBJECTIVES": "registry", "OBJECTIVE_CONFIGS": "registry", "ObjectiveFn": "registry",
+    "get_objective": "registry", "ObjectiveInputs": "inputs",
+    "group_advantages": "grpo", "grpo_objective": "grpo",
+    "entropy_keep_count": "masks", "entropy_threshold": "masks", "valid_mask": "masks",
+    "reopold_keep_mask": "reopold", "reopold_loss": "reopold", "reopold_objective": "reopold",
+    "selected_token_count": "reopold",
+    "rkl_objective": "rkl", "rkl_sg_objective": "rkl", "sft_objective": "sft",
+}
 
-ObjectiveFn = Callable[..., tuple[Tensor, dict[str, float]]]
-
-#: Objective name -> ``fn(batch, *, step, config) -> (loss, stats)``. Read-only.
-OBJECTIVES: Mapping[str, ObjectiveFn] = MappingProxyType({
-    "reopold": reopold_objective,
-    "rkl": rkl_objective,
-    "rkl_sg": rkl_sg_objective,
-    "grpo": grpo_objective,
-    "sft": sft_objective,
-})
-
-#: Objective name -> the config dataclass its function expects. Read-only.
-OBJECTIVE_CONFIGS: Mapping[str, type] = MappingProxyType({
-    "reopold": ReopoldConfig,
-    "rkl": RklConfig,
-    "rkl_sg": RklConfig,
-    "grpo": GrpoConfig,
-    "sft": SftConfig,
-})
+__all__ = ["ReopoldConfig", "RklConfig", "GrpoConfig", "SftConfig", *_LAZY]
 
 
-def get_objective(name: str) -> ObjectiveFn:
-    """The objective registered as ``name``.
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-    Raises:
-        ValueError: if ``name`` is unknown; the message lists the valid names.
-    """
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; valid names: "
-                         f"{', '.join(sorted(OBJECTIVES))}") from None
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

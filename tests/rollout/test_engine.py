@@ -282,7 +282,7 @@ def test_negative_straggler_wait_and_zero_generation_threads_are_rejected():
         RolloutConfig(tool_batch_wait_s=-1.0)
     with pytest.raises(ValueError, match="tool_batch_gap_s"):
         RolloutConfig(tool_batch_gap_s=0.0)
-    with pytest.raises(ValueError, match="rollout.torch_threads"):
+    with pytest.raises(ValueError, match="torch_threads must be >= 1 or null"):
         RolloutConfig(torch_threads=0)
 
 
