@@ -1,7 +1,7 @@
 """``reopold-agent``: the command line, and the only place that wires components together.
 
 Commands: ``train`` (on-policy distillation), ``sft`` (supervised cold start), ``eval``
-(accuracy, pass@k, maj@k), ``envs`` (list environments and their tools), ``replay``
+(accuracy, pass@k, maj@k), ``compare`` (objectives x seeds and their report), ``envs`` (list environments and their tools), ``replay``
 (interactive token-level view of trajectories, HTML export) and ``plot`` (training figures). Bad flags, unknown
 config keys, missing files and models that cannot be loaded end with a one-line message on
 stderr and exit code 2, never a traceback.
@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from .config_loading import ConfigError
+from .interruption import TrainingInterrupted
+from .run_directory import RunDirectoryError
 from .replay.commands import add_replay_commands, run_plot_command, run_replay_command
 
 EXIT_USAGE = 2
@@ -37,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--objective", choices=["reopold", "rkl", "rkl_sg", "grpo", "sft"],
                        help="loss to optimise (default from the preset: reopold)")
     train.add_argument("--steps", type=int, help="training steps")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest loadable checkpoint in --output-dir (an empty or new "
+                            "directory starts a new run)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --output-dir (its checkpoints, metrics, trajectories)")
 
     sft = sub.add_parser("sft", help="supervised cold start of a student on gold trajectories")
     _add_run_flags(sft)
@@ -48,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(ev)
     ev.add_argument("--num-problems", type=int, help="held-out problems (default from the preset)")
     ev.add_argument("--samples", type=int, help="sampled attempts per problem (k)")
+
+    compare = sub.add_parser("compare", help="train objectives x seeds at equal rollouts and tabulate them")
+    _add_compare_flags(compare)
 
     envs = sub.add_parser("envs", help="list available environments and their tools")
     envs.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -66,12 +75,32 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<task>)")
 
 
+def _add_compare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="tool_math", help="task preset from configs/ (default tool_math)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file merged over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one value in every run (repeatable)")
+    p.add_argument("--env", metavar="ID", help="gymnasium id of the environment")
+    p.add_argument("--student", metavar="PATH_OR_ID", help="student model (default: the task's embedded tiny model)")
+    p.add_argument("--teacher", metavar="PATH_OR_ID", help="teacher model (default: the task's embedded tiny model)")
+    p.add_argument("--steps", type=int, help="training steps of every run")
+    p.add_argument("--objectives", default="reopold,rkl_sg,rkl,grpo,sft",
+                   help="comma-separated objectives (default reopold,rkl_sg,rkl,grpo,sft)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--reference", default="rkl", help="objective the sample-efficiency ratio is against (default rkl)")
+    p.add_argument("--target", type=float, metavar="ACCURACY",
+                   help="greedy accuracy in [0, 1] to count rollouts to (default: the reference's final accuracy)")
+    p.add_argument("--output-dir", metavar="DIR", help="where the runs and the report go (default runs/compare_<task>)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in ("replay", "plot"):
             return run_replay_command(args) if args.command == "replay" else run_plot_command(args)
+        if args.command == "compare":
+            return compare_command(args)
         if args.command == "envs":
             from .commands import list_envs_command
 
@@ -82,16 +111,67 @@ def main(argv: list[str] | None = None) -> int:
 
         config = resolve_config(args)
         if args.command == "train":
-            return train_command(config, resume=args.resume, cache_dir=default_cache_dir())
+            return _train(args, config, train_command)
         if args.command == "sft":
             return sft_command(config, steps=args.steps, data=args.data, cache_dir=default_cache_dir())
         return eval_command(config, cache_dir=default_cache_dir())
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, RunDirectoryError) as exc:
         print(f"reopold-agent {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingInterrupted as exc:  # the trainer said what it saved
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
+
+
+def _train(args: argparse.Namespace, config, train_command) -> int:
+    """Check and lock the run directory (main process only: under ``torchrun`` the others have a
+    ``RANK`` above 0 and write through it), train, release the lock."""
+    from .run_directory import open_run_directory
+
+    lock = None
+    if os.environ.get("RANK", "0") == "0":
+        lock = open_run_directory(config.output_dir, resume=args.resume, overwrite=args.overwrite)
+    try:
+        return train_command(config, resume=args.resume, cache_dir=default_cache_dir())
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """Train every (objective, seed) not yet done, one at a time, then write the report."""
+    from .compare import plan_runs, run_compare
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if args.target is not None and not 0.0 <= args.target <= 1.0:
+        raise UsageError(f"--target is an accuracy in [0, 1], got {args.target}")
+    preset_path(args.task)
+    output = Path(args.output_dir or f"runs/compare_{args.task}")
+    try:
+        runs = plan_runs([o.strip() for o in args.objectives.split(",") if o.strip()], seeds, output)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    base = ["--task", args.task]
+    for flag, value in (("--env", args.env), ("--student", args.student), ("--teacher", args.teacher),
+                        ("--steps", args.steps)):
+        if value is not None:
+            base += [flag, str(value)]
+    for path in args.config:
+        base += ["--config", path]
+    for text in args.overrides:
+        base += ["--set", text]
+    try:
+        paths = run_compare(runs, base, output_dir=output, reference=args.reference, target=args.target)
+    except RuntimeError as exc:
+        print(f"reopold-agent compare: {exc}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def resolve_config(args: argparse.Namespace):

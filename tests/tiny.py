@@ -51,3 +51,15 @@ def vl_checkpoint(path, seed: int = 0, spec: str = "nano"):
 
     processor = build_tiny_processor(tokenizer(), min_pixels=VL_PIXELS, max_pixels=VL_PIXELS)
     return save_tiny_vl(vl_model(seed, spec), processor, path)
+
+
+def save_tool_math_models(root):
+    """A nano student and a micro teacher with the tool_math task tokenizer, saved under
+    ``root/student`` and ``root/teacher``; returns the two paths."""
+    from reopold_agent.embedded import gold_conversations, task_tokenizer
+
+    tok = task_tokenizer(gold_conversations("tool_math", count=40))
+    for name, spec, seed in (("student", "nano", 0), ("teacher", "micro", 1)):
+        build_causal_lm(tok, spec, seed=seed).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root / "student", root / "teacher"
