@@ -47,6 +47,7 @@ from reopold_agent.tool_protocol import (
     truncate_output,
 )
 
+from .info import ResetInfo, StepInfo
 from .spaces import MessagesSpace, TextSpace
 from .tools import Tool, ToolOutput
 
@@ -75,6 +76,7 @@ class ToolEnv(gymnasium.Env[list, str]):
         tools: Sequence[Tool],
         split: str = "train",
         sandbox: Any = None,
+        owns_sandbox: bool = False,
         max_tool_rounds: int = 4,
         max_calls_per_turn: int = 4,
         max_turn_chars: int = DEFAULT_MAX_CHARS,
@@ -85,6 +87,8 @@ class ToolEnv(gymnasium.Env[list, str]):
             split: ``"train"`` or ``"eval"``.
             sandbox: the run's code sandbox (:class:`reopold_agent.sandbox.Sandbox`), kept as
                 ``self.sandbox`` for tools that run code; the trainer passes it to every env.
+            owns_sandbox: :meth:`close` closes ``sandbox`` (for one the env built itself; a
+                sandbox passed in belongs to the caller, who closes it).
             max_tool_rounds: assistant turns with tool calls before the episode is truncated.
             max_calls_per_turn: tool calls run per turn; extra ones are reported as errors.
             max_turn_chars: longer assistant turns are rejected with one error message.
@@ -104,6 +108,7 @@ class ToolEnv(gymnasium.Env[list, str]):
         self.tools = list(tools)
         self.split = split
         self.sandbox = sandbox
+        self.owns_sandbox = owns_sandbox
         self.max_tool_rounds = max_tool_rounds
         self.max_calls_per_turn = max_calls_per_turn
         self.max_turn_chars = max_turn_chars
@@ -164,6 +169,11 @@ class ToolEnv(gymnasium.Env[list, str]):
 
     # ---- gymnasium API --------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release what the env owns: the sandbox it built for itself (idempotent)."""
+        if self.owns_sandbox and self.sandbox is not None:
+            self.sandbox.close()
+
     def tool_schemas(self) -> list[dict[str, Any]]:
         """OpenAI function declarations of this env's tools (fresh copies)."""
         return [json.loads(json.dumps(t.schema())) for t in self.tools]
@@ -196,9 +206,7 @@ class ToolEnv(gymnasium.Env[list, str]):
         else:
             self._prompt_id = f"{self.task_name}/{self.split}/{index}"
         info = {
-            "tools": self.tool_schemas(),
-            "task": self.task_name,
-            "prompt_id": self._prompt_id,
+            **ResetInfo(self.tool_schemas(), task=self.task_name, prompt_id=self._prompt_id).to_info(),
             "split": self.split,
             "index": index,
             "answer": str(item["answer"]),
@@ -248,9 +256,9 @@ class ToolEnv(gymnasium.Env[list, str]):
             self._done = True
             verdict = self._safe_verify(action)
             reward = min(1.0, max(0.0, float(verdict.reward)))
-            info.update(tool_calls=0, tool_errors=0, error_kinds=[],
+            extracted = None if verdict.extracted is None else str(verdict.extracted)
+            info.update(StepInfo(0, extracted=extracted, correct=reward == 1.0).to_info(),
                         tool_rounds=self._rounds, answer=str(self.item["answer"]),
-                        extracted=verdict.extracted, correct=reward == 1.0,
                         verify_detail=verdict.detail)
             return [], reward, True, False, info
         messages, kinds = [], []
@@ -262,7 +270,7 @@ class ToolEnv(gymnasium.Env[list, str]):
         self._rounds += 1
         truncated = self._rounds >= self.max_tool_rounds
         self._done = truncated
-        info.update(tool_calls=len(messages), tool_errors=len(kinds), error_kinds=kinds,
+        info.update(StepInfo(len(messages), len(kinds), tuple(kinds)).to_info(),
                     tool_rounds=self._rounds)
         return messages, 0.0, False, truncated, info
 

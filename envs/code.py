@@ -13,7 +13,7 @@ from reopold_agent.tasks import code
 from reopold_agent.tasks.spec import Verdict
 
 from .base import Message, ToolEnv
-from .tools import PythonTool, require_sandbox
+from .tools import PythonTool, sandbox_or_default
 
 
 class CodeEnv(ToolEnv):
@@ -35,6 +35,8 @@ class CodeEnv(ToolEnv):
     ) -> None:
         """Args:
             sandbox: runs the python tool and the hidden tests (must be thread safe).
+                None: the env builds the default local sandbox at its first use and closes it
+                in ``close()`` (see :func:`~reopold_agent.envs.tools.sandbox_or_default`).
             split: ``"train"`` or ``"eval"``.
             data_seed: seed of the generated dataset.
             train_size: number of generated train items (indices).
@@ -43,14 +45,12 @@ class CodeEnv(ToolEnv):
             test_timeout_s: wall-clock limit of the hidden-test run of a final answer.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
-        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split, sandbox=sandbox,
-                         **limits)
+        sandbox, owned = sandbox_or_default(sandbox, "reopold_agent/Code-v0")
+        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
+                         sandbox=sandbox, owns_sandbox=owned, **limits)
         self.data_seed = data_seed
         self.test_timeout_s = test_timeout_s
         self.size = train_size if split == "train" else eval_size
-
-    def check_ready(self) -> None:
-        require_sandbox("reopold_agent/Code-v0", self.sandbox)
 
     def num_items(self) -> int:
         return self.size

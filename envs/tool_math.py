@@ -13,7 +13,7 @@ from reopold_agent.tasks import tool_math
 from reopold_agent.tasks.spec import Verdict
 
 from .base import Message, ToolEnv
-from .tools import PythonTool, require_sandbox
+from .tools import PythonTool, sandbox_or_default
 
 
 class ToolMathEnv(ToolEnv):
@@ -36,6 +36,8 @@ class ToolMathEnv(ToolEnv):
     ) -> None:
         """Args:
             sandbox: runs the python tool (shared by many envs; must be thread safe).
+                None: the env builds the default local sandbox at its first use and closes it
+                in ``close()`` (see :func:`~reopold_agent.envs.tools.sandbox_or_default`).
             split: ``"train"`` or ``"eval"``.
             data_seed: seed of the generated dataset.
             levels: difficulties (1-3) to generate.
@@ -46,15 +48,13 @@ class ToolMathEnv(ToolEnv):
             python_timeout_s: wall-clock limit of one python call.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
-        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split, sandbox=sandbox,
-                         **limits)
+        sandbox, owned = sandbox_or_default(sandbox, "reopold_agent/ToolMath-v0")
+        super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
+                         sandbox=sandbox, owns_sandbox=owned, **limits)
         self.data_seed = data_seed
         self.levels = tuple(levels)
         self.data = tool_math.load_items(data_path) if data_path is not None else None
         self.size = train_size if split == "train" else eval_size
-
-    def check_ready(self) -> None:
-        require_sandbox("reopold_agent/ToolMath-v0", self.sandbox)
 
     def num_items(self) -> int:
         return len(self.data) if self.data is not None else self.size

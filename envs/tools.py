@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit
+from reopold_agent.sandbox.lazy import LazySandbox
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -178,17 +179,18 @@ def format_sandbox_result(stdout: str, stderr: str, exit_code: int | None,
     return ToolOutput(text=out + (f"\nstderr:\n{err}" if err else ""))
 
 
-def require_sandbox(env_id: str, sandbox: Sandbox | None) -> None:
-    """Raise a clear error when an environment that runs code has no sandbox.
+def sandbox_or_default(sandbox: Sandbox | None, env_id: str) -> tuple[Sandbox, bool]:
+    """The sandbox an environment that runs code uses, and whether the env owns it.
 
-    Raises:
-        ValueError: ``sandbox`` is None.
+    ``sandbox`` when one is passed (the caller closes it); otherwise a
+    :class:`~reopold_agent.sandbox.LazySandbox` that builds the default fail-closed local
+    sandbox at the first tool call or verification and that the env closes in ``close()``.
+    Where isolation is impossible that first call raises ``SandboxUnavailable`` naming
+    ``env_id`` and what to pass instead.
     """
-    if sandbox is None:
-        raise ValueError(
-            f"{env_id} runs model code and needs a sandbox: pass sandbox=<Sandbox> "
-            "(e.g. make_env(..., sandbox=make_sandbox(config)) from reopold_agent.sandbox)"
-        )
+    if sandbox is not None:
+        return sandbox, False
+    return LazySandbox(owner=env_id), True
 
 
 class PythonTool(Tool):
@@ -205,8 +207,8 @@ class PythonTool(Tool):
 
     def __init__(self, sandbox: Sandbox | None, *, timeout_s: float | None = 10.0) -> None:
         """Args:
-            sandbox: where programs run; None makes every call fail with a clear message
-                (environments refuse to reset without one, so this only affects listing).
+            sandbox: where programs run; None makes every call return a ``no_sandbox`` error
+                (the built-in environments always pass one, see :func:`sandbox_or_default`).
             timeout_s: wall-clock limit per call, passed to ``Sandbox.run``.
         """
         self.sandbox = sandbox

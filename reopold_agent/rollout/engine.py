@@ -27,7 +27,12 @@ placeholder becomes ``num_tokens`` image tokens (source ``image``, loss mask 0),
 join the episode's pixel inputs in the same step. A tool turn whose tokens do not fit is dropped
 whole, images included, so tokens and features always pair. Beyond
 ``rollout.max_images_per_episode`` images, a tool's further images are replaced by a text note
-the student can read (counted in ``info["images_dropped"]``), which bounds memory.
+the student can read (counted in the trajectory info's ``images_dropped``), which bounds memory.
+
+What the engine reads from an environment's ``info`` dicts is typed in :mod:`reopold_agent.envs.info`
+(:class:`~reopold_agent.envs.info.ResetInfo`, :class:`~reopold_agent.envs.info.StepInfo`); any
+``gymnasium.Env`` whose ``reset`` gives chat messages and ``info["tools"]``, and whose ``step`` takes
+the assistant's text, can be played.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reopold_agent.envs.batch import StepOutcome, guarded_step
+from reopold_agent.envs.info import ENV_ERROR, IMAGES_DROPPED, OUTCOME, ResetInfo, StepInfo
 
 from ..trajectory import EndReason, ImageRecord, TokenSource, Trajectory
 from ..vision.processing import ImageFeatures, VisionInputs, VisionProcessor, is_image_part, message_images
@@ -64,11 +70,15 @@ class EpisodeRequest:
 class _Episode:
     """Mutable state of one running episode (internal)."""
 
-    def __init__(self, index: int, env: Any, request: EpisodeRequest, messages: list, info: dict):
+    def __init__(self, index: int, env: Any, request: EpisodeRequest, messages: list, info: dict,
+                 opened: ResetInfo):
         self.index = index
         self.env = env
         self.request = request
-        self.info = info
+        self.info = ResetInfo.recorded(info)
+        self.tools = opened.tools
+        self.task = opened.task or ""
+        self.prompt_id = opened.prompt_id or _seed_prompt_id(request)
         self.messages = [_display_message(m) for m in messages]
         self.token_ids: list[int] = []
         self.source: list[str] = []
@@ -226,12 +236,12 @@ class RolloutEngine:
 
     def _open(self, index: int, env: Any, request: EpisodeRequest) -> _Episode:
         messages, info = env.reset(seed=request.seed, options=request.options)
-        ep = _Episode(index, env, request, messages, info)
+        ep = _Episode(index, env, request, messages, info, ResetInfo.from_info(info))
         images = self._encode_images(message_images(messages))
         if len(images) > self.config.max_images_per_episode:
-            raise ValueError(f"the prompt of {info.get('prompt_id', 'an episode')} holds {len(images)} images, more "
+            raise ValueError(f"the prompt of {ep.prompt_id} holds {len(images)} images, more "
                              f"than rollout.max_images_per_episode={self.config.max_images_per_episode}")
-        ids, is_image = self._expand(self.templater.prompt_ids(messages, info.get("tools")), images)
+        ids, is_image = self._expand(self.templater.prompt_ids(messages, ep.tools), images)
         ep.append(ids, TokenSource.PROMPT.value, is_image=is_image, images=images)
         if len(ids) >= self.config.max_episode_tokens:
             ep.finish(EndReason.EPISODE_TOKEN_BUDGET)
@@ -303,14 +313,15 @@ class RolloutEngine:
     def _absorb(self, ep: _Episode, out: StepOutcome) -> None:
         """Apply one finished env step: end the episode, or append its tool turn."""
         if out.error is not None:
-            ep.info["env_error"] = str(out.error)
+            ep.info[ENV_ERROR] = str(out.error)
             ep.finish(EndReason.ENV_ERROR)
             return
-        ep.tool_calls += int(out.info.get("tool_calls", 0))
-        ep.tool_errors += int(out.info.get("tool_errors", 0))
+        stepped = StepInfo.from_info(out.info, out.observation)
+        ep.tool_calls += stepped.tool_calls
+        ep.tool_errors += stepped.tool_errors
         ep.reward = float(out.reward)
         if out.terminated or out.truncated:
-            ep.info["outcome"] = _jsonable(out.info)
+            ep.info[OUTCOME] = _jsonable(out.info)
         if out.terminated:
             ep.finish(EndReason.ANSWERED)
         elif out.truncated or not out.observation:
@@ -352,13 +363,13 @@ class RolloutEngine:
     def _tool_image(self, ep: _Episode, part: dict, earlier: int) -> tuple[dict, ImageFeatures | None]:
         held = len(ep.images) + earlier
         if held >= self.config.max_images_per_episode:
-            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
+            ep.info[IMAGES_DROPPED] = ep.info.get(IMAGES_DROPPED, 0) + 1
             return _note(f"image not shown: this episode already holds {held} images, the limit of "
                          "rollout.max_images_per_episode"), None
         try:
             return part, self.vision.encode(part.get("image", part.get("image_url")))
         except (ValueError, OSError) as exc:
-            ep.info["images_dropped"] = ep.info.get("images_dropped", 0) + 1
+            ep.info[IMAGES_DROPPED] = ep.info.get(IMAGES_DROPPED, 0) + 1
             return _note(f"image not shown: {exc}"), None
 
     def _to_trajectory(self, ep: _Episode, *, step: int, task: str) -> Trajectory:
@@ -377,11 +388,11 @@ class RolloutEngine:
             end_reason=ep.end_reason.value,
             tool_errors=ep.tool_errors,
             tool_calls=ep.tool_calls,
-            task=task or str(ep.info.get("task", "")),
-            prompt_id=str(ep.info.get("prompt_id", "")),
+            task=task or ep.task,
+            prompt_id=ep.prompt_id,
             sample_index=ep.request.sample_index,
             step=step,
-            info={k: _jsonable(v) for k, v in ep.info.items() if k not in ("tools",)},
+            info={k: _jsonable(v) for k, v in ep.info.items()},
             images=list(ep.image_records),
             pixel_inputs=ep.pixel_inputs(),
         )
@@ -400,6 +411,13 @@ def episode_seed(run_seed: int, index: int, turn: int) -> int:
         h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
         h ^= h >> 31
     return h
+
+
+def _seed_prompt_id(request: EpisodeRequest) -> str:
+    """The problem's name when the environment gives no ``prompt_id``: its reset seed and options
+    (the rollouts of one problem share both)."""
+    options = ",".join(f"{k}={v}" for k, v in sorted(request.options.items()) if isinstance(v, (str, int)))
+    return f"seed/{request.seed}" + (f"/{options}" if options else "")
 
 
 def _note(text: str) -> dict:

@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
 from reopold_agent.sandbox.config import SandboxConfig
 from reopold_agent.sandbox.e2b_backend import E2BSandbox
+from reopold_agent.sandbox.lazy import LazySandbox
 from reopold_agent.sandbox.local import LocalSandbox
 
 __all__ = [
     "E2BSandbox",
+    "LazySandbox",
     "LocalSandbox",
     "Sandbox",
     "SandboxConfig",

@@ -148,7 +148,15 @@ def test_inputs_validate_shapes():
 
 
 def test_import_pulls_in_torch_only():
-    code = ("import sys, reopold_agent.objectives\n"
+    """What the objectives themselves import. ``reopold_agent/__init__`` registers the
+    environments with gymnasium (``import reopold_agent`` promises that), so the parent package
+    is stood in for by a bare one whose ``__init__`` does not run."""
+    code = ("import importlib.util, sys, types\n"
+            "spec = importlib.util.find_spec('reopold_agent')\n"
+            "parent = types.ModuleType('reopold_agent')\n"
+            "parent.__path__ = list(spec.submodule_search_locations)\n"
+            "sys.modules['reopold_agent'] = parent\n"
+            "import reopold_agent.objectives\n"
             "heavy = {'transformers', 'gymnasium', 'accelerate', 'qwen_vl_utils', 'e2b',\n"
             "         'e2b_code_interpreter', 'tokenizers', 'PIL', 'yaml'}\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy or\n"
