@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .batching import TrainBatch
-from .sequence_scoring import sequence_logprobs
+from .sequence_scoring import as_scorer
 from .trajectory import Trajectory
 
 RATIO_BAND = (0.5, 2.0)
@@ -39,7 +39,8 @@ def recompute_behaviour(model: Any, batch: TrainBatch, *, micro_batch_rows: int,
     """The trainer's log-prob and entropy at every position of ``batch``, without gradient.
 
     Args:
-        model: the student as it was when the batch was sampled (before the update).
+        model: the student as it was when the batch was sampled (before the update): a causal LM or
+            its :class:`~reopold_agent.sequence_scoring.SequenceScorer` as the engine wrapped it.
         batch: [B, T] rollout batch (text only).
         micro_batch_rows: rows per forward pass.
         chunk_rows: rows of the vocabulary projection computed at once.
@@ -50,6 +51,7 @@ def recompute_behaviour(model: Any, batch: TrainBatch, *, micro_batch_rows: int,
     """
     if batch.pixel_inputs is not None:
         raise ValueError("recomputing the behaviour policy is implemented for text batches only")
+    scorer = as_scorer(model)
     was_training = model.training
     model.eval()
     logp_out = torch.zeros_like(batch.old_logprobs_BT)
@@ -57,8 +59,8 @@ def recompute_behaviour(model: Any, batch: TrainBatch, *, micro_batch_rows: int,
     try:
         for rows in torch.arange(batch.num_rows).split(micro_batch_rows):
             micro = batch.select(rows).to(device)
-            logp_BT, ent_BT = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT,
-                                                with_entropy=True, chunk_rows=chunk_rows)
+            logp_BT, ent_BT = scorer(micro.input_ids_BT, micro.attention_mask_BT, with_entropy=True,
+                                     chunk_rows=chunk_rows)
             logp_out[rows, : logp_BT.shape[1]] = logp_BT.float().cpu()
             ent_out[rows, : ent_BT.shape[1]] = ent_BT.float().cpu()
     finally:

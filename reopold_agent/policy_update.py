@@ -9,16 +9,17 @@ into micro-batches never changes the loss (the micro-batch losses sum to the min
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor
 
 from .batching import TrainBatch
 from .objectives import ObjectiveInputs, entropy_threshold, get_objective, selected_token_count
-from .sequence_scoring import sequence_logprobs
+from .sequence_scoring import as_scorer
 from .train_config import ObjectiveConfig, OptimConfig
 
 Gather = Callable[[Tensor], Tensor]
@@ -54,42 +55,82 @@ def policy_update(
     chunk_rows: int = 1024,
     generator: torch.Generator | None = None,
     vision: Any = None,
+    no_sync: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
     """Run the optimiser steps of one training step on ``batch`` and return averaged stats.
 
+    ``model`` is the student's :class:`~reopold_agent.sequence_scoring.SequenceScorer` as the
+    engine wrapped it (DDP/FSDP synchronise its gradients in its backward), or a bare causal LM
+    in a single process. ``no_sync`` suspends that synchronisation: it wraps every micro-batch
+    but the last of each mini-batch, so gradients cross processes once per optimiser step.
     ``vision`` (a :class:`~reopold_agent.vision.VisionProcessor`) builds the pixel inputs and 3D
     positions of each micro-batch for a vision-language student; None for text students.
+
+    Raises:
+        ValueError: ``batch`` has fewer rows than ``optim.mini_batches`` or a number of rows
+            they do not divide (each optimiser step would see a different share).
     """
     fn = get_objective(settings.name)
     config = objective_config(settings, total_steps)
-    device = next(model.parameters()).device
-    order = torch.randperm(batch.num_rows, generator=generator) if optim.mini_batches > 1 else torch.arange(batch.num_rows)
+    scorer = as_scorer(model)
+    device = next(scorer.parameters()).device
+    mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
     totals: dict[str, list[float]] = defaultdict(list)
     step_scope = _scope_values(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
-    for mini_rows in order.chunk(optim.mini_batches):
+    for mini_rows in mini_batches:
         mini = batch.select(mini_rows)
         if settings.entropy_source == "current":
-            mini.behaviour_entropy_BT = _current_entropy(model, mini, optim.micro_batch_rows, chunk_rows, device,
+            mini.behaviour_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
                                                          vision)
         tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
-        for micro_rows in torch.arange(mini.num_rows).split(optim.micro_batch_rows):
-            micro = mini.select(micro_rows).to(device)
-            logp_BT, _ = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows,
-                                           extra_inputs=forward_inputs(micro, vision))
-            inputs = ObjectiveInputs(
-                logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
-                teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
-                advantages=micro.advantages_B, entropy_threshold=tau, normalizer=norm,
-                token_weights=micro.token_weights_BT,
-            )
-            loss, stats = fn(inputs, step=step, config=config)
-            backward(loss)
+        micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
+        for index, micro_rows in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else no_sync():
+                loss, stats = _micro_loss(scorer, fn, config, mini.select(micro_rows).to(device), step=step, tau=tau,
+                                          norm=norm, chunk_rows=chunk_rows, vision=vision)
+                backward(loss)
             for key, value in stats.items():
                 totals[key].append(value)
         totals["train/grad_norm"].append(float(clip_grad(optim.grad_clip)))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    return _step_stats(totals, optim.mini_batches, float(scheduler.get_last_lr()[0]))
+
+
+def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | None = None) -> list[Tensor]:
+    """``parts`` disjoint row-index tensors of ``num_rows // parts`` rows each, covering all rows:
+    a seeded permutation when ``parts > 1`` (``generator``), the rows in order otherwise.
+
+    Raises:
+        ValueError: ``parts`` does not divide ``num_rows`` (a ``Tensor.chunk`` would return
+            fewer or uneven parts: fewer optimiser steps than configured).
+    """
+    if num_rows % parts:
+        raise ValueError(f"{num_rows} rows cannot be split into {parts} equal mini-batches; make "
+                         "train.mini_batches divide the rows each process trains on")
+    order = torch.randperm(num_rows, generator=generator) if parts > 1 else torch.arange(num_rows)
+    return list(order.split(num_rows // parts))
+
+
+def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, tau, norm: float, chunk_rows: int,
+                vision: Any) -> tuple[Tensor, dict[str, float]]:
+    """The objective's loss and stats on one micro-batch (already on the model's device)."""
+    logp_BT, _ = scorer(micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows,
+                        extra_inputs=forward_inputs(micro, vision))
+    inputs = ObjectiveInputs(
+        logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
+        teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
+        advantages=micro.advantages_B, entropy_threshold=tau, normalizer=norm,
+        token_weights=micro.token_weights_BT,
+    )
+    return fn(inputs, step=step, config=config)
+
+
+def _step_stats(totals: dict[str, list[float]], mini_batches: int, lr: float) -> dict[str, float]:
+    """The step's stats from the per-micro-batch values: means, with counts summed and
+    shares of valid tokens weighted by each micro-batch's count."""
     out = {key: sum(v) / len(v) for key, v in totals.items()}
     for key in ("objective/num_valid", "objective/num_selected"):  # counts add up over the step
         if key in totals:
@@ -104,8 +145,8 @@ def policy_update(
                 out[key] = sum(w * v for w, v in zip(weights, totals[key])) / sum(weights)
     if out.get("objective/num_valid"):
         out["objective/selected_ratio"] = out["objective/num_selected"] / out["objective/num_valid"]
-    out["objective/loss"] = sum(totals.get("objective/loss", [0.0]))  / max(optim.mini_batches, 1)
-    out["train/lr"] = float(scheduler.get_last_lr()[0])
+    out["objective/loss"] = sum(totals.get("objective/loss", [0.0])) / max(mini_batches, 1)
+    out["train/lr"] = lr
     return out
 
 
@@ -129,14 +170,13 @@ def _scope_values(batch: TrainBatch, settings: ObjectiveConfig, config: Any, ste
 
 
 @torch.no_grad()
-def _current_entropy(model, mini: TrainBatch, rows: int, chunk_rows: int, device, vision=None) -> Tensor:
+def _current_entropy(scorer, mini: TrainBatch, rows: int, chunk_rows: int, device, vision=None) -> Tensor:
     """Entropy of the current policy at every position (no gradient), [B, T] on CPU."""
     out = torch.zeros_like(mini.behaviour_entropy_BT)
     for micro_rows in torch.arange(mini.num_rows).split(rows):
         micro = mini.select(micro_rows).to(device)
-        _, ent_BT = sequence_logprobs(model, micro.input_ids_BT, micro.attention_mask_BT,
-                                      with_entropy=True, chunk_rows=chunk_rows,
-                                      extra_inputs=forward_inputs(micro, vision))
+        _, ent_BT = scorer(micro.input_ids_BT, micro.attention_mask_BT, with_entropy=True, chunk_rows=chunk_rows,
+                           extra_inputs=forward_inputs(micro, vision))
         out[micro_rows, : ent_BT.shape[1]] = ent_BT.cpu()
     return out
 

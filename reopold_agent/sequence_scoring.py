@@ -86,3 +86,34 @@ def sequence_logprobs(
     logp_BT = torch.cat([zeros, logp.float()], dim=1)
     ent_BT = torch.cat([zeros, ent.float()], dim=1) if ent is not None else None
     return logp_BT, ent_BT
+
+
+class SequenceScorer(torch.nn.Module):
+    """A causal LM whose ``forward`` is :func:`sequence_logprobs`: the module an engine wraps.
+
+    DDP synchronises gradients and FSDP gathers shards from hooks on the wrapped module's
+    ``forward``; the chunked scoring calls the backbone and the head's weight directly, so it
+    must run inside that forward. ``accelerator.prepare(SequenceScorer(student))`` gives the
+    wrapped scorer; the student's own parameters are the scorer's (``scorer.model``).
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        backbone_and_head(model)  # refuse unsupported models before any engine wraps them
+        self.model = model
+        # FSDP's automatic wrapping policy reads the layer classes from the wrapped module
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def forward(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, *, with_entropy: bool = False,
+                chunk_rows: int = 1024, extra_inputs: dict[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
+        """:func:`sequence_logprobs` of ``self.model`` (same arguments and returns)."""
+        return sequence_logprobs(self.model, input_ids_BT, attention_mask_BT, with_entropy=with_entropy,
+                                 chunk_rows=chunk_rows, extra_inputs=extra_inputs)
+
+
+def as_scorer(model: Any) -> Any:
+    """``model`` itself when it is a :class:`SequenceScorer` (bare or wrapped by an engine, whose
+    ``module`` is one), else a new scorer around the causal LM ``model``."""
+    if isinstance(model, SequenceScorer) or isinstance(getattr(model, "module", None), SequenceScorer):
+        return model
+    return SequenceScorer(model)

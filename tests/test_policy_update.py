@@ -87,3 +87,41 @@ def test_ratio_statistics_cover_the_whole_step_however_it_is_split():
     assert whole["objective/rho_max"] > 1.2 and 0.0 < whole["objective/rho_off_frac"] < 1.0
     for key in ("objective/rho_max", "objective/rho_mean", "objective/rho_off_frac", "objective/num_valid"):
         assert split[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+
+
+def test_mini_batches_split_exactly_or_refuse():
+    """8 rows into 4 mini-batches: 4 disjoint parts of 2 covering every row. 6 rows into 4 is
+    refused (``Tensor.chunk`` would return 3 parts: one optimiser step fewer than configured)."""
+    from reopold_agent.policy_update import split_exactly
+
+    parts = split_exactly(8, 4, generator=torch.Generator().manual_seed(0))
+    assert [len(p) for p in parts] == [2, 2, 2, 2]
+    assert sorted(torch.cat(parts).tolist()) == list(range(8))
+    with pytest.raises(ValueError, match="6 rows cannot be split into 4 equal mini-batches"):
+        split_exactly(6, 4)
+
+
+def _optimiser_steps(rows, mini_batches):
+    model, teacher = tiny.model("nano", seed=1), tiny.model("nano", seed=2)
+    batch = collate(_trajectories(model, teacher, n=rows), pad_token_id=0)
+    steps = []
+
+    class Count(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+
+    opt = Count(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    policy_update(model, opt, sched, batch, step=0, settings=ObjectiveConfig(name="rkl_sg"),
+                  optim=OptimConfig(micro_batch_rows=1, mini_batches=mini_batches), total_steps=10,
+                  backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0),
+                  generator=torch.Generator().manual_seed(0))
+    return len(steps), sched.last_epoch
+
+
+def test_every_configured_optimiser_step_runs_or_the_update_refuses():
+    """8 rows in 4 mini-batches: four optimiser and scheduler steps. 6 rows in 4 is refused,
+    where ``chunk`` ran 3 steps and let the learning-rate schedule drift."""
+    assert _optimiser_steps(8, 4) == (4, 4)
+    with pytest.raises(ValueError, match="6 rows cannot be split into 4"):
+        _optimiser_steps(6, 4)
