@@ -9,6 +9,7 @@ Problems the user can fix raise ``reopold_agent.cli.UsageError`` (one line, exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def add_replay_commands(subparsers) -> None:
                         help="with --export: at most this many pages (default 100)")
     replay.add_argument("--no-tokenizer", action="store_true",
                         help="show token ids instead of loading the run's tokenizer")
+    replay.add_argument("--sandbox", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the sandbox that re-runs tool calls, e.g. "
+                             "memory_mb=2048 (repeatable). The run's config.yaml can only "
+                             "tighten the defaults; settings that weaken isolation come only "
+                             "from here, with a warning")
 
     plot = subparsers.add_parser("plot", help="PNG figures of a run's training diagnostics")
     plot.add_argument("run_dir", metavar="RUN_DIR")
@@ -91,19 +97,50 @@ def _open_session(args: argparse.Namespace):
     from .decoding import TokenDecoder
     from .loading import open_run
     from .session import ReplaySession
-    from .tool_rerun import sandbox_config_from_run
+    from .tool_rerun import replay_sandbox_config
 
+    overrides = _sandbox_overrides(args.sandbox)
     try:
         index = open_run(args.path)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    config = index.info.config
+    try:
+        chosen = replay_sandbox_config(index.info.config, overrides)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--sandbox: {exc}") from None
+    for note in chosen.ignored:
+        print(f"replay: ignoring the run's sandbox setting {note} (a run directory cannot "
+              "weaken the sandbox; pass --sandbox KEY=VALUE to choose it yourself)",
+              file=sys.stderr)
+    for item in chosen.weakened:
+        print(f"WARNING: --sandbox weakens the sandbox that re-runs recorded programs: {item}",
+              file=sys.stderr)
 
     def sandbox_factory():
-        return make_sandbox(sandbox_config_from_run(config))
+        return make_sandbox(chosen.config)
 
     decoder = TokenDecoder(index.info, enabled=not args.no_tokenizer)
     return ReplaySession(index, decoder, sandbox_factory)
+
+
+def _sandbox_overrides(items: list[str]) -> dict:
+    """``--sandbox KEY=VALUE`` flags as a mapping (values read as YAML)."""
+    from ..cli import UsageError
+    from ..config_loading import ConfigError, parse_override
+    from ..sandbox import SandboxConfig
+
+    known = {f.name for f in dataclasses.fields(SandboxConfig)}
+    out = {}
+    for item in items:
+        try:
+            keys, value = parse_override(item)
+        except ConfigError as exc:
+            raise UsageError(f"--sandbox: {exc}") from None
+        if len(keys) != 1 or keys[0] not in known:
+            raise UsageError(f"--sandbox {item!r}: unknown sandbox setting {'.'.join(keys)!r} "
+                             f"(known: {', '.join(sorted(known))})")
+        out[keys[0]] = value
+    return out
 
 
 def _selection(session, args: argparse.Namespace):

@@ -112,6 +112,6 @@ class ReplaySession:
             except Exception as exc:  # e.g. SandboxUnavailable: shown in the viewer
                 return [RerunResult(c, False, None, f"sandbox unavailable: {exc}")
                         for c in turn.tool_calls]
-        timeout = float((self.index.info.config.get("sandbox") or {}).get("timeout_s") or 10.0)
-        return rerun_turn(turn.tool_calls, self._sandbox, timeout_s=timeout,
+        # The sandbox's own timeout: the run's config.yaml is not trusted to set it.
+        return rerun_turn(turn.tool_calls, self._sandbox,
                           max_output_chars=max_output_chars_from_run(self.index.info.config))

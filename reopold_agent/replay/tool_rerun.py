@@ -10,12 +10,13 @@ depend on episode state (images, files) that the trajectory does not store.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..sandbox import Sandbox, SandboxConfig
+from ..sandbox.trust import looser_settings, no_looser_than
 from ..tool_protocol import truncate_output
 from .turns import ToolCallView
 
@@ -44,14 +45,42 @@ class RerunResult:
         return f"{where}: output {'MATCHES' if self.matches else 'DIFFERS from'} the recording"
 
 
-def sandbox_config_from_run(config: dict[str, Any]) -> SandboxConfig:
-    """``SandboxConfig`` from a run's ``sandbox:`` section (unknown keys ignored)."""
-    section = config.get("sandbox") or {}
-    names = {f.name for f in dataclasses.fields(SandboxConfig)}
-    try:
-        return SandboxConfig(**{k: v for k, v in section.items() if k in names})
-    except (TypeError, ValueError):
-        return SandboxConfig()
+@dataclass
+class ReplaySandboxConfig:
+    """The sandbox that re-runs a run's programs, and how it was chosen."""
+
+    config: SandboxConfig
+    """What the re-runs use."""
+    ignored: list[str]
+    """Settings of the run's ``config.yaml`` left out because they would weaken isolation
+    (or are invalid), one note each."""
+    weakened: list[str]
+    """Ways the user's own overrides make the sandbox isolate less than the defaults."""
+
+
+REPLAY_SANDBOX = SandboxConfig(warm_workers=1)
+"""The reference of replay: the default limits, one warm worker (one call at a time)."""
+
+
+def replay_sandbox_config(run_config: dict[str, Any],
+                          overrides: Mapping[str, Any] | None = None) -> ReplaySandboxConfig:
+    """The sandbox settings for re-running a run's recorded programs.
+
+    A run directory may come from anyone, so its ``sandbox:`` section only tightens
+    :data:`REPLAY_SANDBOX` (see :func:`reopold_agent.sandbox.trust.no_looser_than`): a
+    ``config.yaml`` cannot turn on ``allow_unisolated``, choose the interpreter or the uid
+    range, unhide a path or raise a limit. ``overrides`` are the user's own settings
+    (``replay --sandbox KEY=VALUE``) and are applied as given; whatever of them weakens
+    isolation is listed in ``weakened`` for the caller to warn about.
+
+    Raises:
+        TypeError: an override names no sandbox setting.
+        ValueError: an override has an invalid value (the message names the field).
+    """
+    config, ignored = no_looser_than(run_config.get("sandbox"), REPLAY_SANDBOX)
+    if overrides:
+        config = config.with_overrides(**overrides)
+    return ReplaySandboxConfig(config, ignored, looser_settings(config, REPLAY_SANDBOX))
 
 
 def max_output_chars_from_run(config: dict[str, Any]) -> int:
@@ -61,9 +90,11 @@ def max_output_chars_from_run(config: dict[str, Any]) -> int:
     return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_OUTPUT_CHARS
 
 
-def rerun_tool_call(call: ToolCallView, sandbox: Sandbox, *, timeout_s: float = 10.0,
+def rerun_tool_call(call: ToolCallView, sandbox: Sandbox, *, timeout_s: float | None = None,
                     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS) -> RerunResult:
     """Run ``call`` again in ``sandbox`` and compare with its recorded output.
+
+    ``timeout_s`` None uses the sandbox's own ``timeout_s``.
 
     Never raises on a bad call or a sandbox failure: both come back as ``ran=False``.
     """

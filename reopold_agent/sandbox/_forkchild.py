@@ -13,8 +13,8 @@ pristine interpreter; it never calls ``exec``. Before any user code runs, it:
    set (inherited: the server emptied its own), no inheritable/permitted/effective/ambient
    capabilities, the execution's uid and gid and no supplementary groups (as root), or
    locked ``noroot`` securebits (in a user namespace), then ``no_new_privs``;
-5. installs the seccomp filter that denies the kernel key syscalls (keyrings belong to a uid
-   and outlive processes, see ``_launcher.key_syscall_filter``).
+5. installs the seccomp filter (no kernel keyrings, no socket family but AF_UNIX, no
+   io_uring; see ``_launcher.syscall_filter``).
 
 Then it runs the program as ``python -I -u main.py`` would: a fresh ``__main__`` module,
 ``sys.argv == ["main.py"]``, tracebacks, ``SystemExit`` codes, non-daemon threads joined and
@@ -130,7 +130,7 @@ def _setup(spec: dict, request: dict, fds: list, status_fd: int, libc) -> str:
         signal.signal(sig, signal.SIG_DFL)
     _launcher.set_rlimits(spec["rlimits"])
     drop_privileges(libc, uid, spec["user_namespace"])
-    _launcher.block_key_syscalls(libc, spec["key_filter"])  # keyrings outlive processes
+    _launcher.block_syscalls(libc, spec["syscall_filter"])
     return os.path.join(workdir, "main.py")
 
 

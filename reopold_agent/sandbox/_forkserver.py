@@ -152,12 +152,12 @@ def _start(spec: dict) -> object:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
-    _launcher.harden_mounts(spec["hide_paths"])
+    _launcher.harden_mounts(spec["hide_paths"], spec["expose_paths"])
     _launcher.mount_workdir(libc, spec["workdir_mb"])
     spec["empty_size"] = _launcher.entry_counting_size()
     with open("/proc/sys/kernel/cap_last_cap") as f:
         _forkchild.drop_bounding_set(libc, int(f.read()))
-    spec["key_filter"] = _launcher.key_syscall_filter(os.uname().machine)
+    spec["syscall_filter"] = _launcher.syscall_filter(os.uname().machine)
     return libc
 
 

@@ -5,11 +5,12 @@ fresh pid/net/mount/ipc/uts namespaces created by ``unshare`` (so it is pid 1 th
 directly when unisolated execution was allowed. It:
 
 1. reads the program from the host work directory;
-2. isolated only: makes every mount read-only (``mount_setattr`` with ``AT_RECURSIVE``),
-   covers ``hide_paths`` with empty read-only tmpfs, mounts a private size-limited tmpfs on
+2. isolated only: covers ``hide_paths`` with empty tmpfs (binding ``expose_paths``, the
+   interpreter's prefixes, back into them), makes every mount read-only (``mount_setattr``
+   with ``AT_RECURSIVE``), mounts a private size-limited tmpfs on
    ``/tmp`` owned by the sandbox uid and writes the program there;
-3. forks; the child (isolated: denies the kernel key syscalls with a seccomp filter, since
-   keyrings outlive processes, see :func:`key_syscall_filter`) sets rlimits, resets signal
+3. forks; the child (isolated: installs the seccomp filter of :func:`syscall_filter`: no
+   kernel keyrings, no socket family but AF_UNIX, no io_uring) sets rlimits, resets signal
    dispositions and execs the privilege-drop prefix (``setpriv ...``) followed by
    ``python -I -u main.py``;
 4. reaps every process (it is the namespace init) until the program exits, then writes one
@@ -32,13 +33,21 @@ _SYS_MOUNT_SETATTR = 442  # same number on every Linux architecture since 5.12
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 _MOUNT_ATTR_RDONLY = 0x1
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x2, 0x4, 0x8
+_MS_BIND, _MS_REC = 0x1000, 0x4000
 INSIDE_WORKDIR = "/tmp"
-_KEY_SYSCALLS = {  # machine: (AUDIT_ARCH_*, add_key, request_key, keyctl)
-    "x86_64": (0xC000003E, 248, 249, 250), "aarch64": (0xC00000B7, 217, 218, 219),
-    "riscv64": (0xC00000F3, 217, 218, 219), "loongarch64": (0xC0000102, 217, 218, 219),
-    "i686": (0x40000003, 286, 287, 288), "armv7l": (0x40000028, 309, 310, 311),
-    "ppc64le": (0xC0000015, 269, 270, 271), "s390x": (0x80000016, 278, 279, 280)}
+_SYSCALLS = {  # machine: (AUDIT_ARCH_*, (add_key, request_key, keyctl), socket, socketpair,
+    #                     socketcall or None, offset of the low 32 bits of args[0])
+    "x86_64": (0xC000003E, (248, 249, 250), 41, 53, None, 16),
+    "aarch64": (0xC00000B7, (217, 218, 219), 198, 199, None, 16),
+    "riscv64": (0xC00000F3, (217, 218, 219), 198, 199, None, 16),
+    "loongarch64": (0xC0000102, (217, 218, 219), 198, 199, None, 16),
+    "i686": (0x40000003, (286, 287, 288), 359, 360, 102, 16),
+    "armv7l": (0x40000028, (309, 310, 311), 281, 288, None, 16),
+    "ppc64le": (0xC0000015, (269, 270, 271), 326, 333, 102, 16),
+    "s390x": (0x80000016, (278, 279, 280), 359, 360, 102, 20)}
+_IO_URING_SYSCALLS = (425, 426, 427)  # io_uring_setup, _enter, _register: one number everywhere
+_AF_UNIX = 1
 _X32_SYSCALL_BIT = 0x40000000
 _BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
 _SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4
@@ -66,17 +75,35 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def harden_mounts(hide_paths: list) -> None:
-    """Make every mount read-only and cover ``hide_paths`` with empty read-only tmpfs."""
+def harden_mounts(hide_paths: list, expose_paths: list = ()) -> None:
+    """Cover ``hide_paths`` with empty tmpfs, bind ``expose_paths`` back into them, then make
+    every mount read-only.
+
+    An exposed directory (an interpreter prefix under a hidden home) is opened before the
+    tmpfs covers it; its path is then created inside the tmpfs and the directory bound there
+    through ``/proc/self/fd`` (recursively: a user namespace refuses a non-recursive bind of
+    a mount it inherited).
+    """
     libc = ctypes.CDLL(None, use_errno=True)
-    attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    _check(libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr),
-                        ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr(/, RDONLY)")
-    hidden_flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    kept = {}
+    for path in expose_paths:
+        try:
+            kept[path] = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            continue  # absent: nothing to bind back
+    hidden_flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     for path in hide_paths:
         if os.path.isdir(path):
             _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", hidden_flags,
-                              b"size=4k,nr_inodes=2,mode=0555"), f"mount tmpfs on {path}")
+                              b"size=64k,nr_inodes=256,mode=0755"), f"mount tmpfs on {path}")
+    for path, fd in kept.items():
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None,
+                          _MS_BIND | _MS_REC, None), f"bind {path} back")
+        os.close(fd)
+    attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr),
+                        ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr(/, RDONLY)")
 
 
 def mount_workdir(libc, workdir_mb: int) -> None:
@@ -191,49 +218,64 @@ def reset_workdir(libc, empty_size: "int | None", workdir: str = INSIDE_WORKDIR)
 
 def _setup_mounts(spec: dict, code: bytes) -> str:
     """Make the filesystem read-only but for a private tmpfs; return the work directory."""
-    harden_mounts(spec["hide_paths"])
+    harden_mounts(spec["hide_paths"], spec["expose_paths"])
     mount_workdir(ctypes.CDLL(None, use_errno=True), spec["workdir_mb"])
     return write_program(spec["uid"], code)
 
 
-def key_syscall_filter(machine: str) -> list:
-    """The seccomp program that fails ``add_key``, ``request_key`` and ``keyctl`` with EPERM.
+def syscall_filter(machine: str) -> list:
+    """The seccomp program of every sandboxed program; denied calls fail with EPERM.
 
-    Kernel keyrings belong to a uid, not to a process or a namespace: keys one execution adds
-    would be readable by the next execution with the same uid. Like Docker's default seccomp
-    profile, the sandbox therefore denies the three key syscalls; every other syscall is
-    allowed. Syscalls of another ABI (32-bit ``int 0x80`` on x86_64, x32) are denied too, so
-    the key syscalls cannot be reached under other numbers.
+    * ``add_key``, ``request_key``, ``keyctl``: kernel keyrings belong to a uid, not to a
+      process or a namespace, so keys one execution adds would be readable by the next one
+      with the same uid (Docker's default profile denies them too).
+    * ``socket`` and ``socketpair`` of any family but ``AF_UNIX`` (and ``socketcall``, the
+      multiplexer that hides its arguments from seccomp on some 32-bit ABIs): a network
+      namespace cuts off IP, but not every family (``AF_VSOCK`` reaches the hypervisor,
+      netlink and packet sockets talk to the kernel).
+    * ``io_uring_setup``, ``io_uring_enter``, ``io_uring_register``: a large kernel attack
+      surface that also performs operations without the syscalls they stand for.
+
+    Everything else is allowed. Syscalls of another ABI (32-bit ``int 0x80`` on x86_64, x32)
+    are denied, so no denied call can be reached under another number.
 
     Returns:
         [(code, jt, jf, k)] BPF instructions.
 
     Raises:
-        OSError: the key syscall numbers of ``machine`` are unknown.
+        OSError: the syscall numbers of ``machine`` are unknown.
     """
-    if machine not in _KEY_SYSCALLS:
-        raise OSError(f"no seccomp filter for the key syscalls on {machine!r}; known: "
-                      f"{', '.join(sorted(_KEY_SYSCALLS))}")
-    arch, *numbers = _KEY_SYSCALLS[machine]
+    if machine not in _SYSCALLS:
+        raise OSError(f"no seccomp filter for the sandbox's syscalls on {machine!r}; known: "
+                      f"{', '.join(sorted(_SYSCALLS))}")
+    arch, keys, sock, sockpair, socketcall, arg0 = _SYSCALLS[machine]
+    denied = [*keys, *_IO_URING_SYSCALLS, *([socketcall] if socketcall is not None else [])]
     deny = (_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM)
+    allow = (_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW)
     program = [(_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH), (_BPF_JEQ_K, 1, 0, arch), deny,
                (_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR)]
     if machine == "x86_64":
         program += [(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT), deny]
-    for i, number in enumerate(numbers):  # a match jumps over the rest and the allow
-        program.append((_BPF_JEQ_K, len(numbers) - i, 0, number))
-    return program + [(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), deny]
+    # Layout after the checks: the denied numbers (a match jumps to DENY), the two socket
+    # calls (a match jumps to FAMILY), ALLOW, DENY, FAMILY: load args[0], AF_UNIX -> ALLOW.
+    checks = [*denied, sock, sockpair]
+    for i, number in enumerate(checks):
+        left = len(checks) - 1 - i  # checks after this one
+        target = left + 1 if i < len(denied) else left + 2  # DENY or FAMILY
+        program.append((_BPF_JEQ_K, target, 0, number))
+    return program + [allow, deny, (_BPF_LD_W_ABS, 0, 0, arg0),
+                      (_BPF_JEQ_K, 0, 1, _AF_UNIX), allow, deny]
 
 
-def block_key_syscalls(libc, program=None) -> None:
-    """Set ``no_new_privs`` and install :func:`key_syscall_filter` (inherited by children
-    and across ``exec``; it cannot be removed).
+def block_syscalls(libc, program=None) -> None:
+    """Set ``no_new_privs`` and install :func:`syscall_filter` (inherited by children and
+    across ``exec``; it cannot be removed).
 
     Args:
         libc: ``ctypes.CDLL(None, use_errno=True)``.
         program: the filter of this machine, if already built.
     """
-    program = key_syscall_filter(os.uname().machine) if program is None else program
+    program = syscall_filter(os.uname().machine) if program is None else program
     instructions = (_SockFilter * len(program))(*program)
     fprog = _SockFprog(len(program), instructions)
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
@@ -257,7 +299,7 @@ def _exec_program(spec: dict, workdir: str, status_fd: int) -> None:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         if spec["isolate"]:
-            block_key_syscalls(ctypes.CDLL(None, use_errno=True))
+            block_syscalls(ctypes.CDLL(None, use_errno=True))
         set_rlimits(spec["rlimits"])
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}

@@ -33,10 +33,16 @@ import json, os, socket
 with open("probe.txt", "w") as f:
     f.write("ok")
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    inet = "allowed"
+except OSError as exc:
+    inet = exc.errno
 print(json.dumps({
     "pid": os.getpid(), "uid": os.getuid(), "cwd": os.getcwd(),
     "procs": sum(name.isdigit() for name in os.listdir("/proc")),
-    "ifaces": sorted(name for _, name in socket.if_nameindex()),
+    "ifaces": sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]),
+    "inet_socket": inet,
     "root_ro": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
     "cap_eff": int(status["CapEff"].strip(), 16), "cap_bnd": int(status["CapBnd"].strip(), 16),
     "no_new_privs": status["NoNewPrivs"].strip() == "1",
@@ -153,7 +159,8 @@ def probe_failure(result: SandboxResult, *, expect_root_inside: bool,
         "read-only root filesystem": seen["root_ro"],
         "no capabilities": seen["cap_eff"] == 0 and seen["cap_bnd"] == 0,
         "no_new_privs": seen["no_new_privs"],
-        "seccomp filter (kernel key syscalls denied)": seen.get("seccomp") == "2",
+        "seccomp filter": seen.get("seccomp") == "2",
+        "socket families other than AF_UNIX denied": seen.get("inet_socket") == 1,
         "unprivileged uid": (seen["uid"] == 0) == expect_root_inside,
     }
     failed = [name for name, ok in checks.items() if not ok]

@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 _BACKENDS = ("local", "e2b")
+HOME = "~"
+"""Entry of ``hide_paths`` standing for the calling user's home directory."""
+DEFAULT_HIDE_PATHS = (HOME, "/home", "/root", "/run", "/var/tmp", "/var/lib", "/var/spool",
+                      "/var/mail", "/var/log", "/var/cache", "/var/backups", "/dev/shm",
+                      "/dev/mqueue", "/mnt", "/media", "/srv", "/boot", "/lost+found")
+"""What the local sandbox hides by default: private files of users (their home directories,
+the caller's wherever it is), system state and logs, world-writable places that can hold unix
+sockets or shared memory (``/tmp`` is replaced by the sandbox's own), and mount points."""
 _MAX_UID = 2**32 - 2
 
 
@@ -62,11 +70,13 @@ class SandboxConfig:
     """First uid of the range the root-run local backend draws one uid per execution from."""
     uid_count: int = 65536
     """Size of that uid range (no two concurrent executions of one sandbox share a uid)."""
-    hide_paths: tuple[str, ...] = ("/run",)
-    """Absolute directories covered by an empty read-only tmpfs inside the sandbox. The
-    default hides /run, home of world-writable unix sockets (D-Bus system bus, journald),
-    which a network namespace does not cut off; add e.g. "/home" to hide the caller's files
-    when running as an ordinary user."""
+    hide_paths: tuple[str, ...] = DEFAULT_HIDE_PATHS
+    """Directories covered by an empty read-only tmpfs inside the sandbox (local backend):
+    absolute paths, or ``"~"`` for the calling user's home directory (from the password
+    database). The default hides home directories, world-writable spool and temp places
+    (unix sockets there are reachable through a network namespace) and mount points; see
+    ``docs/sandbox.md`` for what a program can see. A YAML list is accepted (kept as a tuple).
+    The interpreter's own prefix stays visible read-only even under a hidden directory."""
     e2b_template: str | None = None
     """E2B template name or id; None uses the code-interpreter default."""
     e2b_api_key: str | None = field(default=None, repr=False)
@@ -96,10 +106,13 @@ class SandboxConfig:
         _positive_int(self.uid_count, "uid_count")
         _require(self.uid_base + self.uid_count - 1 <= _MAX_UID, "uid_count",
                  f"puts the uid range past {_MAX_UID}")
+        if isinstance(self.hide_paths, list):  # as YAML writes it
+            object.__setattr__(self, "hide_paths", tuple(self.hide_paths))
         paths_ok = isinstance(self.hide_paths, tuple) and all(
-            isinstance(p, str) and p.startswith("/") and p != "/" for p in self.hide_paths)
-        _require(paths_ok, "hide_paths", f"must be a tuple of absolute paths other than '/', "
-                 f"got {self.hide_paths!r}")
+            isinstance(p, str) and (p == HOME or (p.startswith("/") and p != "/"))
+            for p in self.hide_paths)
+        _require(paths_ok, "hide_paths", f"must be a list of absolute paths other than '/' "
+                 f"(or '~'), got {self.hide_paths!r}")
         for name in ("e2b_template", "e2b_api_key"):
             value = getattr(self, name)
             _require(value is None or (isinstance(value, str) and value != ""), name,

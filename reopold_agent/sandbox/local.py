@@ -12,17 +12,20 @@ Each execution runs as::
 * Ordinary caller: ``--user --map-root-user``; the program is uid 0 of its own user namespace
   (the caller's uid outside) with an empty capability bounding set and securebits that keep
   it so; RLIMIT_NPROC counts per user namespace, i.e. per execution.
-* Both: a new network namespace (no interface up, so no loopback and no route), every mount
-  read-only, a private size-limited tmpfs as ``/tmp`` (the working directory and ``HOME``),
-  empty tmpfs over ``hide_paths`` (``/run`` by default: world-writable unix sockets are the
-  one channel a network namespace leaves open), rlimits on CPU, address space, file size,
-  open files, processes and core files, and a seccomp filter that denies the kernel key
-  syscalls (keyrings belong to a uid and outlive processes).
+* Both: a new network namespace (no interface up, so no loopback and no route), empty tmpfs
+  over ``hide_paths`` (home directories, ``/run``, ``/var/tmp``, ``/dev/shm``, ...: private
+  files and the world-writable places where host unix sockets live; the interpreter's own
+  prefix is bound back when it lies under one), every mount read-only, a private
+  size-limited tmpfs as ``/tmp`` (the working directory and ``HOME``), rlimits on CPU,
+  address space, file size, open files, processes and core files, and a seccomp filter that
+  denies the kernel key syscalls (keyrings belong to a uid and outlive processes), every
+  socket family but ``AF_UNIX`` and io_uring (see ``_launcher.syscall_filter``).
 
-Known limits of this design: world-readable host files stay readable (read-only); unix
-sockets outside ``/run``/``/tmp`` that the program's uid may write remain reachable;
-RLIMIT_AS is per process, so one execution may use up to ``max_processes * memory_mb`` plus
-its tmpfs; RLIMIT_NPROC also counts threads. Put the trainer in a cgroup for a hard total.
+Known limits of this design (docs/sandbox.md lists what a program sees): host files outside
+the hidden directories stay readable (read-only) as far as the program's uid may read them;
+a world-writable unix socket outside the hidden directories remains reachable; RLIMIT_AS is
+per process, so one execution may use up to ``max_processes * memory_mb`` plus its tmpfs;
+RLIMIT_NPROC also counts threads. Put the trainer in a cgroup for a hard total.
 * The wall-clock timeout and the output limit kill the process group of ``unshare``; with
   ``--kill-child`` that kills the namespace init and so every process in the namespace,
   including ones that called ``setsid``. The namespace also dies when the program exits.
@@ -62,6 +65,7 @@ from reopold_agent.sandbox._warm import WarmPool, WarmWorker, WorkerError
 from reopold_agent.sandbox._verdict import PROBE_CODE, build_result, probe_failure
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
 from reopold_agent.sandbox.config import SandboxConfig
+from reopold_agent.sandbox.visibility import exposed_paths, hidden_paths
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +172,10 @@ class LocalSandbox(Sandbox):
                              "escape RLIMIT_NPROC; as root the sandbox drops to a pooled uid")
         self.user_namespace = not is_root if user_namespace is None else user_namespace
         self._launcher = str(Path(__file__).with_name("_launcher.py"))
+        self.hidden = hidden_paths(self.config)
+        """Host directories covered by an empty tmpfs inside (``~`` expanded)."""
+        self.exposed = exposed_paths(self.hidden, self.python)
+        """Interpreter prefixes under a hidden directory, bound back read-only."""
         self._uids = _UidPool(self.config.uid_base, self.config.uid_count)
         self.isolated = True
         """False only when isolation failed and ``allow_unisolated`` let us run without it."""
@@ -203,7 +211,8 @@ class LocalSandbox(Sandbox):
         self.close()
 
     def _new_worker(self) -> WarmWorker:
-        spec = {"hide_paths": list(self.config.hide_paths), "workdir_mb": self.config.workdir_mb,
+        spec = {"hide_paths": self.hidden, "expose_paths": self.exposed,
+                "workdir_mb": self.config.workdir_mb,
                 "rlimits": self._rlimits(True),
                 "user_namespace": self.user_namespace}
         server = str(Path(__file__).with_name("_forkserver.py"))
@@ -328,7 +337,7 @@ class LocalSandbox(Sandbox):
                 f.write(code)
             spec = {"code_path": code_path, "isolate": isolate, "uid": uid,
                     "workdir_mb": self.config.workdir_mb,
-                    "hide_paths": list(self.config.hide_paths),
+                    "hide_paths": self.hidden, "expose_paths": self.exposed,
                     "rlimits": self._rlimits(isolate),
                     "priv_prefix": self._priv_prefix(isolate, uid), "python": self.python}
             return self._spawn_and_pump(spec, stdin.encode("utf-8"), timeout_s)

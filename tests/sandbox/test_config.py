@@ -35,7 +35,8 @@ def test_defaults():
     ("python_executable", "python3"),
     ("uid_base", 0),
     ("uid_count", 2**32),
-    ("hide_paths", ["/home"]),
+    ("hide_paths", ["home"]),
+    ("hide_paths", "/home"),
     ("hide_paths", ("/",)),
     ("e2b_template", ""),
     ("e2b_api_key", ""),
@@ -53,3 +54,27 @@ def test_with_overrides_validates():
     assert SandboxConfig().with_overrides(timeout_s=2.5).timeout_s == 2.5
     with pytest.raises(ValueError, match="timeout_s"):
         SandboxConfig().with_overrides(timeout_s=-1)
+
+
+def test_the_whole_config_round_trips_through_yaml():
+    """config.yaml holds hide_paths as a YAML list; reading it back gives the same config."""
+    import yaml
+
+    from reopold_agent.config_loading import from_dict, to_dict
+
+    config = SandboxConfig(timeout_s=3.5, cpu_time_s=3, memory_mb=512, file_size_mb=2,
+                           workdir_mb=8, max_open_files=32, max_processes=4,
+                           max_output_bytes=100, warm_workers=0, python_executable="/usr/bin/python3",
+                           uid_base=2_000_000_000, uid_count=10, hide_paths=("~", "/run", "/data"),
+                           e2b_template="tpl")
+    text = yaml.safe_dump(to_dict(config))
+    assert "hide_paths:\n- '~'\n- /run\n- /data\n" in text
+    data = yaml.safe_load(text)
+    assert from_dict(SandboxConfig, data) == config
+    assert SandboxConfig(**data) == config  # a list is accepted directly, kept as a tuple
+
+
+def test_default_hide_paths_cover_private_places():
+    hidden = SandboxConfig().hide_paths
+    for path in ("~", "/home", "/root", "/run", "/var/tmp", "/dev/shm"):
+        assert path in hidden

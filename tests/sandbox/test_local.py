@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -21,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from reopold_agent.sandbox import LocalSandbox, SandboxConfig, SandboxLimit, _launcher
+
+from .conftest import FAST
 
 IS_ROOT = os.geteuid() == 0
 
@@ -184,9 +188,66 @@ def test_kernel_keyrings_are_out_of_reach(make_isolated):
     assert sandbox.run(code).stdout == f"-1 {errno.EPERM}\n" * 5
 
 
-def test_the_key_syscall_filter_is_refused_on_an_unknown_machine():
-    with pytest.raises(OSError, match="no seccomp filter for the key syscalls on 'vax'"):
-        _launcher.key_syscall_filter("vax")
+def test_the_syscall_filter_is_refused_on_an_unknown_machine():
+    with pytest.raises(OSError, match="no seccomp filter for the sandbox's syscalls on 'vax'"):
+        _launcher.syscall_filter("vax")
+
+
+_FAMILIES = """
+import socket
+def attempt(make):
+    try:
+        make().close()
+        return "ok"
+    except OSError as exc:
+        return exc.errno
+print(attempt(lambda: socket.socket(socket.AF_UNIX)), attempt(lambda: socket.socketpair()[0]))
+for family, kind in [(40, socket.SOCK_STREAM), (socket.AF_INET6, socket.SOCK_DGRAM),
+                     (socket.AF_NETLINK, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW),
+                     (socket.AF_INET, socket.SOCK_STREAM)]:  # 40: AF_VSOCK
+    print(attempt(lambda: socket.socket(family, kind)), end=" ")
+print(attempt(lambda: socket.socketpair(socket.AF_INET)[0]))
+"""
+
+
+def test_socket_families_other_than_unix_are_denied(sandbox):
+    """AF_VSOCK reaches the hypervisor past a network namespace; netlink and packet sockets
+    talk to the kernel: only AF_UNIX sockets may be created (EPERM from seccomp)."""
+    lines = sandbox.run(_FAMILIES).stdout.splitlines()
+    assert lines == ["ok ok", f"{errno.EPERM} " * 5 + str(errno.EPERM)]
+
+
+_IO_URING = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+for args in [(425, 8, params), (426, 0, 1, 0, 0, None, 0), (427, 0, 0, None, 0)]:
+    print(libc.syscall(*args), ctypes.get_errno())
+"""
+
+
+def test_io_uring_is_denied(sandbox):
+    assert sandbox.run(_IO_URING).stdout == f"-1 {errno.EPERM}\n" * 3
+
+
+@pytest.mark.parametrize("folder", ["/var/tmp", "/dev/shm"])
+def test_world_writable_host_unix_sockets_are_out_of_reach(sandbox, folder):
+    """A 0777 socket in a world-writable host directory: the directory is hidden inside."""
+    if not os.access(folder, os.W_OK):
+        pytest.skip(f"{folder} is not writable here")
+    path = f"{folder}/reopold-test-{uuid.uuid4().hex[:8]}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen(1)
+    code = f"import socket\ntry:\n    socket.socket(socket.AF_UNIX).connect({path!r})\n" \
+           f"    print('connected')\nexcept OSError as exc:\n    print('blocked', exc.errno)"
+    try:
+        assert sandbox.run(code).stdout == f"blocked {errno.ENOENT}\n"
+    finally:
+        server.close()
+        os.unlink(path)
 
 
 def test_a_program_holds_only_its_standard_streams(sandbox):
@@ -203,20 +264,21 @@ def test_no_network_not_even_loopback(sandbox):
     code = f"""
 import socket
 for addr in [("127.0.0.1", {port}), ("192.0.2.1", 80)]:
-    s = socket.socket()
-    s.settimeout(3)
     try:
+        s = socket.socket()
+        s.settimeout(3)
         s.connect(addr)
         print("connected", addr)
     except OSError as exc:
         print("blocked", exc.errno)
-print(sorted(name for _, name in socket.if_nameindex()))
+print(sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]))
 """
     try:
         result = sandbox.run(code)
     finally:
         listener.close()
-    assert result.stdout.splitlines() == ["blocked 101", "blocked 101", "['lo']"]
+    # The seccomp filter refuses IP sockets; the network namespace has only a down 'lo'.
+    assert result.stdout.splitlines() == [f"blocked {errno.EPERM}"] * 2 + ["['lo']"]
     assert result.duration_s < 3.0  # refused at once: there is no route at all
 
 
@@ -245,14 +307,14 @@ open("/tmp/{name}", "w").write("x")  # /tmp is the sandbox's own tmpfs
 @pytest.mark.skipif(not IS_ROOT, reason="root-only files are readable by their owner")
 def test_reading_root_only_files_is_denied(sandbox):
     code = """
-for action in (lambda: open("/etc/shadow").read(), lambda: __import__("os").listdir("/root")):
-    try:
-        action()
-        print("read")
-    except PermissionError:
-        print("denied")
+try:
+    open("/etc/shadow").read()
+    print("read")
+except PermissionError:
+    print("denied")
+print(__import__("os").listdir("/root"))  # hidden by default: an empty directory
 """
-    assert sandbox.run(code).stdout == "denied\ndenied\n"
+    assert sandbox.run(code).stdout == "denied\n[]\n"
 
 
 def test_gigabytes_of_stdout_are_cut_off(sandbox):
@@ -288,6 +350,48 @@ def test_hide_paths_covers_directories(make_isolated):
     sandbox = make_isolated(SandboxConfig(hide_paths=("/home", "/root", "/var")))
     code = "import os\nprint([os.listdir(p) for p in ('/home', '/root', '/var')])"
     assert sandbox.run(code).stdout == "[[], [], []]\n"
+
+
+@pytest.fixture
+def home_folder():
+    """A fresh world-readable folder in /home standing for another user's home (removed)."""
+    if not (os.path.isdir("/home") and os.access("/home", os.W_OK)):
+        pytest.skip("/home is not writable here")
+    path = f"/home/reopold-test-{uuid.uuid4().hex[:8]}"
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_home_directories_are_hidden_by_default(sandbox, home_folder):
+    """A file every uid may read, in a home directory: the default hide list covers /home."""
+    secret = os.path.join(home_folder, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("private")
+    os.chmod(secret, 0o644)
+    code = f"import os\nprint(os.listdir('/home'))\ntry:\n    print(open({secret!r}).read())\n" \
+           f"except OSError as exc:\n    print('hidden', exc.errno)"
+    assert sandbox.run(code).stdout == f"[]\nhidden {errno.ENOENT}\n"
+
+
+def test_an_interpreter_under_a_hidden_home_still_runs(make_isolated, home_folder):
+    """A virtual environment in a home directory: its prefix is bound back read-only, the
+    rest of that home stays hidden."""
+    venv = os.path.join(home_folder, "venv")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", venv], check=True)
+    with open(os.path.join(home_folder, "secret.txt"), "w") as f:
+        f.write("private")
+    sandbox = make_isolated(FAST.with_overrides(python_executable=f"{venv}/bin/python3"))
+    assert sandbox.exposed == [venv]
+    code = (f"import os, sys\nprint(sys.prefix, sorted(os.listdir({home_folder!r})))\n"
+            f"try:\n    open({venv!r} + '/planted', 'w')\nexcept OSError as exc:\n"
+            f"    print('read-only', exc.errno)")
+    result = sandbox.run(code)
+    assert result.stdout == f"{venv} ['venv']\nread-only {errno.EROFS}\n", result.stderr
+    assert not os.path.exists(os.path.join(venv, "planted"))
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="creating a socket in /run needs root")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -36,6 +37,8 @@ def _as_nobody(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root to drop to uid 65534 (the rest of the suite already runs unprivileged)"
+    if not os.access("/home", os.W_OK):
+        return "/home is not writable (the private file of uid 65534 goes there)"
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         return f"no system Python at {SYSTEM_PYTHON}"
     for knob in ("/proc/sys/kernel/unprivileged_userns_clone",
@@ -60,8 +63,18 @@ def report(request) -> dict:
     if reason:
         pytest.skip(reason)
     marker = f"reopold-nobody-{uuid.uuid4().hex}"
-    done = _as_nobody(SYSTEM_PYTHON, "-I", "-B", str(DRIVER), str(REPO), marker,
-                      str(MODES[request.param]))
+    home = Path(f"/home/{marker}")  # stands for nobody's home: private to uid 65534
+    home.mkdir(mode=0o700)
+    private = home / "key"
+    private.write_text("private key")
+    private.chmod(0o600)
+    for path in (home, private):
+        os.chown(path, NOBODY, NOBODY)
+    try:
+        done = _as_nobody(SYSTEM_PYTHON, "-I", "-B", str(DRIVER), str(REPO), marker,
+                          str(MODES[request.param]), str(private))
+    finally:
+        shutil.rmtree(home)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     data["marker"], data["mode"] = marker, request.param
@@ -101,7 +114,13 @@ def test_sleep_past_timeout(report):
 
 
 def test_network(report):
-    assert report["cases"]["network"]["stdout"] == "blocked 101\n"
+    assert report["cases"]["network"]["stdout"] == "blocked 1\n"  # EPERM: IP sockets denied
+
+
+def test_the_callers_private_files_are_hidden(report):
+    """The program is the caller (uid 65534) in its user namespace: only hiding /home keeps
+    the caller's own 0600 file out of its reach."""
+    assert report["cases"]["private"]["stdout"] == "hidden 2\n"
 
 
 def test_root_only_file(report):

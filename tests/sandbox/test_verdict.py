@@ -68,7 +68,7 @@ def test_build_result_timeout_without_report_is_sigkill():
 def _probe_result(**seen) -> SandboxResult:
     base = {"pid": 2, "procs": 2, "uid": 1500000000, "cwd": "/tmp", "ifaces": ["lo"],
             "root_ro": True, "cap_eff": 0, "cap_bnd": 0, "no_new_privs": True,
-            "seccomp": "2"}
+            "seccomp": "2", "inet_socket": 1}
     return SandboxResult(json.dumps({**base, **seen}), "", 0, SandboxLimit.NONE, 0.1)
 
 
@@ -81,6 +81,8 @@ def test_probe_failure_checks_each_property():
     assert "capabilities" in probe_failure(_probe_result(cap_bnd=1), expect_root_inside=False)
     assert "unprivileged uid" in probe_failure(_probe_result(uid=0), expect_root_inside=False)
     assert "seccomp" in probe_failure(_probe_result(seccomp="0"), expect_root_inside=False)
+    assert "AF_UNIX" in probe_failure(_probe_result(inet_socket="allowed"),
+                                      expect_root_inside=False)
     assert probe_failure(_probe_result(uid=0), expect_root_inside=True) is None
 
 

@@ -2,7 +2,8 @@
 
 Used by test_local_unprivileged.py through ``setpriv --reuid=65534 ... /usr/bin/python3``;
 standard library only, so any system Python can run it. Usage:
-``python3 unprivileged_driver.py REPO_ROOT MARKER WARM_WORKERS``. The cases run one after
+``python3 unprivileged_driver.py REPO_ROOT MARKER WARM_WORKERS PRIVATE_FILE`` (a 0600 file
+of the driver's uid in a home directory, which the sandbox must hide). The cases run one after
 the other, so with warm workers they all run on the same worker ("plant" leaves a file,
 environment variables and an escaped process behind, "look" reports what it can see).
 """
@@ -28,6 +29,8 @@ CASES = {
     "network": ("import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), 3)\n"
                 "except OSError as e:\n    print('blocked', e.errno)", 5.0),
     "shadow": ("open('/etc/shadow').read()", 5.0),
+    "private": ("import sys\ntry:\n    print(open(sys.stdin.read()).read())\n"
+                "except OSError as e:\n    print('hidden', e.errno)", 5.0),
     "writes": ("import sys\nfor p in sys.stdin.read().split():\n    try:\n"
                "        open(p, 'w').write('x'); print('wrote', p)\n"
                "    except OSError as e:\n        print('denied', e.errno)", 5.0),
@@ -49,14 +52,14 @@ CASES = {
 
 
 def main() -> None:
-    repo, marker, warm_workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    repo, marker, warm_workers, private = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     sys.path.insert(0, repo)
     from reopold_agent.sandbox import LocalSandbox, SandboxConfig
 
     sandbox = LocalSandbox(SandboxConfig(timeout_s=5, max_processes=16,
                                          warm_workers=warm_workers))
     stdin = {"writes": f"/var/tmp/{marker} /dev/shm/{marker} {repo}/{marker}",
-             "escape": marker, "plant": marker}
+             "escape": marker, "plant": marker, "private": private}
     report = {"euid": os.geteuid(), "user_namespace": sandbox.user_namespace,
               "isolated": sandbox.isolated, "warm": sandbox.warm, "cases": {}}
     for name, (code, timeout_s) in CASES.items():
