@@ -206,26 +206,26 @@ def vllm_backend(path: str, config: TrainConfig, vision: Any = None, *, processe
 
 
 def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
-    from accelerate import Accelerator
-
     from .progress import TrainProgress
     from .run_logging import RunLogger
+    from .sequence_scoring import SequenceScorer
     from .teacher import TeacherScorer, check_vocabularies
     from .trainer import Trainer, TrainerParts
 
     if config.train.torch_threads:
         torch.set_num_threads(config.train.torch_threads)
     avoid_cudnn_attention()
+    param_dtype, low_dtype, mixed = model_dtypes(config)
+    check_processes(config)
     sandbox = build_sandbox(config)
     make_train_env, make_eval_env = make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval")
     need_teacher = config.objective.name != "grpo"
     student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher, sandbox=sandbox)
-    param_dtype, low_dtype, mixed = model_dtypes(config)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed)
     tokenizer = load_tokenizer(student_path)
     student = load_model(student_path, dtype=param_dtype, role="student",
                          trust_remote_code=config.model.trust_remote_code)
     vision = load_vision(student, student_path, config)
+    accelerator = make_accelerator(mixed, vision_language=vision is not None, cpu=not torch.cuda.is_available())
     if config.model.gradient_checkpointing:
         from .vision.loading import enable_activation_checkpointing
 
@@ -244,16 +244,16 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         teacher = TeacherScorer(teacher_model.to(accelerator.device), pad_token_id=tokenizer.pad_token_id,
                                 batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
                                 vision=vision)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    student = student.to(accelerator.device)
+    optimizer = make_optimizer(student, config)
     per_step = config.train.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, warmup_steps=config.train.warmup_steps * per_step, total_steps=config.train.steps * per_step,
         decay=config.train.lr_decay, final_ratio=config.train.final_lr_ratio))
-    # The student is not wrapped (no DistributedDataParallel): the update scores it through its
-    # backbone and head (chunked vocabulary), and the trainer sums gradients across processes
-    # itself; mixed precision comes from ``accelerator.autocast()`` around the update.
-    student = student.to(accelerator.device)
-    optimizer = accelerator.prepare(optimizer)
+    # The engine wraps the scorer, whose forward is the chunked backbone + head scoring, so its
+    # hooks (DDP's gradient synchronisation) fire; the scheduler stays unprepared: it steps once
+    # per optimiser step, not once per process.
+    scorer, optimizer = accelerator.prepare(SequenceScorer(student), optimizer)
     engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path,
                             processes=accelerator.num_processes)
     logger = RunLogger(config.output_dir)
@@ -267,7 +267,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     if teacher is not None and (config.eval.teacher or config.objective.name == "sft"):
         teacher_engine = rollout_engine(teacher.model, tokenizer, config, vision)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
-                         make_train_env, make_eval_env, logger, accelerator, teacher_engine)
+                         make_train_env, make_eval_env, logger, accelerator, teacher_engine, scorer=scorer)
     with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
         trainer = Trainer(config, parts, on_step=progress.update)
         final = trainer.train(resume=resume)
@@ -275,6 +275,61 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         _print_summary(config.output_dir, final)
     sandbox.close()
     return 0
+
+
+def check_processes(config: TrainConfig) -> None:
+    """Refuse, before any model loads, a step shape that does not split evenly over the
+    launcher's processes (:func:`~reopold_agent.train_config.check_batch_shape`)."""
+    from accelerate import PartialState
+
+    from .train_config import check_batch_shape
+
+    try:
+        check_batch_shape(config, PartialState(cpu=not torch.cuda.is_available()).num_processes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_accelerator(mixed_precision: str, *, vision_language: bool, cpu: bool) -> Any:
+    """The run's ``Accelerator``: DDP across the launcher's processes (or one process), mixed
+    precision from ``model.dtype``. A vision-language student's vision tower gets no gradient on
+    a micro-batch without images, so DDP looks for unused parameters then.
+
+    Raises:
+        UsageError: the accelerate config asks for a strategy this trainer does not run (FSDP,
+            DeepSpeed, Megatron-LM).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=vision_language)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision,
+                              kwargs_handlers=[ddp])
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise UsageError(f"the accelerate config asks for {accelerator.distributed_type.value}, which this trainer "
+                         "does not run yet (the in-process sampler generates from the full student); use DDP "
+                         "(accelerate launch --multi_gpu) or one process")
+    return accelerator
+
+
+def make_optimizer(student: Any, config: TrainConfig) -> Any:
+    """AdamW over the student's parameters: torch's (fp32 state), or bitsandbytes' 8-bit AdamW
+    (``train.optimizer: adamw_8bit``, CUDA only: its state takes a quarter of the memory).
+
+    Raises:
+        UsageError: 8-bit AdamW asked for without a CUDA GPU or without bitsandbytes.
+    """
+    kwargs = {"lr": config.train.lr, "weight_decay": config.train.weight_decay}
+    if config.train.optimizer == "adamw":
+        return torch.optim.AdamW(student.parameters(), **kwargs)
+    if next(student.parameters()).device.type != "cuda":
+        raise UsageError("train.optimizer=adamw_8bit runs on a CUDA GPU only (bitsandbytes); use train.optimizer=adamw "
+                         "on the CPU")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise UsageError("train.optimizer=adamw_8bit needs bitsandbytes: pip install bitsandbytes") from None
+    return bitsandbytes.optim.AdamW8bit(student.parameters(), **kwargs)
 
 
 def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:

@@ -25,13 +25,15 @@ import torch
 from .batching import TrainBatch, collate
 from .behaviour import mismatch_stats, record_recomputed, recompute_behaviour, truncated_is_weights
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .cross_process import EngineUpdate
 from .data_order import train_item_index
 from .evaluation import evaluate
 from .policy_update import policy_update
 from .rollout.engine import EpisodeRequest, RolloutEngine
 from .run_logging import RunLogger
+from .sequence_scoring import SequenceScorer
 from .teacher import TeacherScorer
-from .train_config import TrainConfig
+from .train_config import TrainConfig, check_batch_shape
 from .trajectory import Trajectory
 from .trajectory_io import trajectory_from_json, trajectory_to_json
 from .vision.storage import save_trajectory_images
@@ -42,7 +44,7 @@ class TrainerParts:
     """Components the trainer orchestrates (built by the CLI or a user script)."""
 
     student: Any
-    """The student model (an ``accelerate``-prepared module when distributed)."""
+    """The student causal LM: it samples the rollouts and is what checkpoints save."""
     tokenizer: Any
     optimizer: Any
     scheduler: Any
@@ -56,6 +58,10 @@ class TrainerParts:
     teacher_engine: RolloutEngine | None = None
     """Plays episodes with the teacher: its evaluation (``eval.teacher``) and, for the ``sft``
     objective, the training rollouts; None when neither is asked for."""
+    scorer: Any = None
+    """The student's :class:`~reopold_agent.sequence_scoring.SequenceScorer` as
+    ``accelerator.prepare`` wrapped it (DDP: its backward synchronises the gradients), sharing
+    the student's parameters; None in a single process (a bare scorer of ``student``)."""
 
 
 class Trainer:
@@ -69,6 +75,12 @@ class Trainer:
         self._train_envs: list[Any] = []
         acc = parts.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
+        check_batch_shape(config, self.world)
+        self.scorer = parts.scorer if parts.scorer is not None else SequenceScorer(parts.student)
+        if self.world > 1 and type(self.scorer) is SequenceScorer:
+            raise ValueError(f"with {self.world} processes the student's scorer must be wrapped by the engine: pass "
+                             "scorer=accelerator.prepare(SequenceScorer(student)) so its gradients are synchronised")
+        self.update = EngineUpdate(acc, self.scorer)
 
     def train(self, *, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
         """Train from step 0 (or the latest checkpoint with ``resume``); returns the last metrics.
@@ -113,13 +125,12 @@ class Trainer:
         t_recompute = time.perf_counter() - t_recompute
         with acc.autocast():
             stats = policy_update(
-                parts.student, parts.optimizer, parts.scheduler, batch,
+                self.scorer, parts.optimizer, parts.scheduler, batch,
                 step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
-                backward=acc.backward, clip_grad=self._sum_gradients_and_clip,
-                gather=self._gather_values if self.world > 1 else (lambda x: x),
+                backward=self.update.backward, clip_grad=self.update.clip_gradients, gather=self.update.gather,
                 chunk_rows=cfg.model.vocab_chunk_rows,
                 generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
-                vision=parts.engine.vision,
+                vision=parts.engine.vision, no_sync=self.update.no_sync,
             )
         t3 = time.perf_counter()
         parts.engine.backend.sync_weights(parts.student)
@@ -147,11 +158,10 @@ class Trainer:
         cfg, parts = self.config, self.parts
         with parts.accelerator.autocast():
             logp_BT, ent_BT = recompute_behaviour(
-                parts.student, batch, micro_batch_rows=cfg.train.micro_batch_rows,
+                self.scorer, batch, micro_batch_rows=cfg.train.micro_batch_rows,
                 chunk_rows=cfg.model.vocab_chunk_rows, device=next(parts.student.parameters()).device)
         valid_BT, sampler_BT = batch.valid_BT, batch.old_logprobs_BT
-        gather = self._gather_values if self.world > 1 else (lambda x: x)
-        stats = mismatch_stats(gather((logp_BT - sampler_BT)[valid_BT]), cfg.objective.tis_cap)
+        stats = mismatch_stats(self.update.gather((logp_BT - sampler_BT)[valid_BT]), cfg.objective.tis_cap)
         if cfg.objective.tis_cap is not None:
             batch.token_weights_BT = truncated_is_weights(logp_BT, sampler_BT, valid_BT, cfg.objective.tis_cap)
         zero = torch.zeros((), dtype=logp_BT.dtype)
@@ -159,25 +169,6 @@ class Trainer:
         batch.behaviour_entropy_BT = torch.where(valid_BT, ent_BT, zero)
         record_recomputed(trajectories, batch, logp_BT, ent_BT)
         return stats
-
-    def _sum_gradients_and_clip(self, max_norm: float) -> torch.Tensor:
-        """Before each optimiser step: sum the gradients of all processes (each process's loss is
-        already divided by the token count of all processes), then clip; returns the norm."""
-        params = [p for p in self.parts.student.parameters() if p.requires_grad]
-        if self.world > 1:
-            for p in params:
-                if p.grad is None:  # e.g. a vision tower on a text-only micro-batch
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-        return self.parts.accelerator.clip_grad_norm_(params, max_norm)
-
-    def _gather_values(self, values: torch.Tensor) -> torch.Tensor:
-        """All processes' values of a 1-D float tensor whose length differs between processes
-        (e.g. the entropies of their valid tokens), concatenated in rank order."""
-        acc = self.parts.accelerator
-        padded = acc.pad_across_processes(values, dim=0, pad_index=float("nan"))
-        gathered = acc.gather(padded)
-        return gathered[~torch.isnan(gathered)]
 
     def _gather_trajectories(self, trajectories: list[Trajectory]) -> list[Trajectory]:
         """All processes' trajectories of this step, in rank order (this process's own when alone).
