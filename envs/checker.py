@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from .base import ToolEnv
+from .info import EnvInfoError, ResetInfo
 from .spaces import is_message
 
 GARBAGE_ACTIONS: tuple[str, ...] = (
@@ -59,6 +60,22 @@ def data_equal(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(map(data_equal, a, b))
     return type(a) is type(b) and a == b
+
+
+def check_opening(env: Any, seed: int = 0) -> None:
+    """What the engine needs of any environment, a plain ``gymnasium.Env`` included: ``reset``
+    returns a non-empty list of chat messages and an info with the tools
+    (:class:`~reopold_agent.envs.info.ResetInfo`)."""
+    result = env.reset(seed=seed)
+    _require(isinstance(result, tuple) and len(result) == 2, "reset must return (messages, info)")
+    obs, info = result
+    _require(isinstance(obs, list) and len(obs) > 0 and all(is_message(m) for m in obs),
+             'reset must return a non-empty list of {"role", "content"} chat messages, got '
+             f"{type(obs).__name__}")
+    try:
+        ResetInfo.from_info(info)
+    except EnvInfoError as exc:
+        raise ToolEnvCheckError(str(exc)) from None
 
 
 def check_is_tool_env(env: Any) -> None:

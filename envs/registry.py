@@ -1,6 +1,9 @@
 """Finding tool environments: built-ins, user registrations, ``module:Env`` ids and plugins.
 
-An environment works everywhere a built-in does when it is
+A tool environment is a :class:`ToolEnv` or any plain ``gymnasium.Env`` that follows the
+contract of :mod:`reopold_agent.envs.base` (reset: chat messages and ``info["tools"]``; step:
+the assistant's text in, tool messages and a reward out). It works everywhere a built-in does
+when it is
 
 (a) registered with ``gymnasium.register(id=..., entry_point="module:Class")``,
 (b) named as ``"their_module:TheirEnv-v0"`` (the module is imported first and registers it), or
@@ -9,11 +12,13 @@ An environment works everywhere a built-in does when it is
     entry-point name) or ``"acme" = "acme.envs:register"`` (a function that registers; it
     must tolerate being called again).
 
-:func:`make_env` resolves all three and returns the bare :class:`ToolEnv`: it calls
+:func:`make_env` resolves all three and returns the bare environment: it calls
 ``gymnasium.make(..., disable_env_checker=True)`` and unwraps gymnasium's ``OrderEnforcing``,
-because the rollout engine needs the ``ToolEnv`` API (``tools``, ``gold_turns``) and
-``ToolEnv`` already enforces reset-before-step and checks its own outputs
-(:func:`~reopold_agent.envs.checker.check_tool_env`). Specs asking for ``TimeLimit``
+because the engine calls ``reset`` and ``step`` from its own threads and reads the ``ToolEnv``
+API where there is one (``num_items``, ``gold_turns``), and ``ToolEnv`` already enforces
+reset-before-step and checks its own outputs
+(:func:`~reopold_agent.envs.checker.check_tool_env`). gymnasium's own environments (CartPole,
+...) are refused: they do not take text actions. Specs asking for ``TimeLimit``
 (``max_episode_steps``) or extra wrappers are refused: the tool-round cap is the env's
 ``max_tool_rounds``. ``gymnasium.make`` itself still works on every built-in (with its usual
 wrappers).
@@ -27,6 +32,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -141,9 +147,9 @@ def _resolve(env_id: str) -> str:
                                   f"{exc}") from None
     if name not in gymnasium.registry:
         load_plugin_envs()
-    if name in gymnasium.registry and not _tool_env_class(gymnasium.registry[name]):
-        raise UnknownEnvError(f"{name!r} is registered with gymnasium but is not a ToolEnv; "
-                              "reopold-agent environments subclass reopold_agent.envs.ToolEnv")
+    if name in gymnasium.registry and _is_gymnasium_own(gymnasium.registry[name]):
+        raise UnknownEnvError(f"{name!r} is one of gymnasium's own environments, not a tool environment "
+                              "(text actions, chat-message observations; see docs/environments.md)")
     if name not in gymnasium.registry:
         known = tool_env_ids()
         close = difflib.get_close_matches(name, known, n=1)
@@ -155,7 +161,7 @@ def _resolve(env_id: str) -> str:
     return name
 
 
-def make_env(env_id: str, **kwargs: Any) -> ToolEnv:
+def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
     """Build a tool environment by id (see the module docstring for how ids resolve).
 
     Args:
@@ -163,7 +169,7 @@ def make_env(env_id: str, **kwargs: Any) -> ToolEnv:
         **kwargs: constructor kwargs (e.g. ``sandbox=``, ``split=``, ``max_tool_rounds=``).
 
     Returns:
-        The unwrapped :class:`ToolEnv`.
+        The unwrapped environment: a :class:`ToolEnv`, or a plain ``gymnasium.Env``.
 
     Raises:
         UnknownEnvError: no tool environment has that id; the message lists the known ones.
@@ -175,6 +181,34 @@ def make_env(env_id: str, **kwargs: Any) -> ToolEnv:
         raise ValueError(f"{name} is registered with max_episode_steps or wrappers; tool "
                          "environments cap episodes with max_tool_rounds instead")
     return gymnasium.make(name, disable_env_checker=True, **kwargs).unwrapped
+
+
+def accepted_keywords(env_id: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``names`` the constructor of ``env_id`` takes (all, for a ``ToolEnv`` or a
+    constructor with ``**kwargs``): the run passes ``split`` and ``sandbox`` only to
+    environments that take them.
+
+    Raises:
+        UnknownEnvError: as :func:`make_env`.
+    """
+    spec = gymnasium.spec(_resolve(env_id))
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    if isinstance(creator, type) and issubclass(creator, ToolEnv):
+        return names
+    try:
+        params = inspect.signature(creator).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: pass everything
+        return names
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return names
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return tuple(n for n in names if n in named)
+
+
+def _is_gymnasium_own(spec: EnvSpec) -> bool:
+    entry = spec.entry_point
+    module = entry.partition(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "")
+    return module.split(".")[0] == "gymnasium"
 
 
 def _entry_point_text(spec: EnvSpec, cls: type) -> str:

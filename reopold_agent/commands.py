@@ -121,7 +121,15 @@ def avoid_cudnn_attention() -> None:
 
 
 def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
-    from .envs.registry import make_env
+    """A function making the run's environment for ``split``, checked once here.
+
+    ``split`` and ``sandbox`` go to environments whose constructor takes them (every
+    ``ToolEnv``). A plain ``gymnasium.Env`` must open episodes as the contract says; one
+    without numbered items is noted once, with the ``eval`` factory (see :func:`_plain_env_note`).
+    """
+    from .envs import ToolEnv
+    from .envs.checker import ToolEnvCheckError, check_opening
+    from .envs.registry import accepted_keywords, make_env
     from .tasks.spec import TASKS
 
     env_id = config.task.env_id
@@ -129,16 +137,34 @@ def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
         if config.task.name not in TASKS:
             raise UsageError(f"unknown task {config.task.name!r}; pass --env module:Env-v0 or one of {sorted(TASKS)}")
         env_id = TASKS[config.task.name].env_id
-    kwargs = {**config.task.env_kwargs, "split": split, "sandbox": sandbox}
+    kwargs = dict(config.task.env_kwargs)
 
     def factory():
         return make_env(env_id, **kwargs)
 
     try:
-        factory().close()
+        run = {"split": split, "sandbox": sandbox}
+        kwargs.update({k: run[k] for k in accepted_keywords(env_id, tuple(run))})
+        env = factory()
+        if not isinstance(env, ToolEnv):
+            check_opening(env)
+        env.close()
+    except ToolEnvCheckError as exc:
+        raise UsageError(f"environment {env_id!r} does not follow the tool-environment contract "
+                         f"(docs/environments.md): {_first_line(exc)}") from None
     except (KeyError, ValueError, ImportError, ModuleNotFoundError, TypeError) as exc:
         raise UsageError(f"cannot make environment {env_id!r}: {_first_line(exc)}") from None
+    if split == "eval" and not callable(getattr(env, "num_items", None)):
+        _log(_plain_env_note(env_id, held_out="split" in kwargs))
     return factory
+
+
+def _plain_env_note(env_id: str, *, held_out: bool) -> str:
+    """What the run does instead for an environment without numbered items (``num_items``)."""
+    where = ("its split='eval'" if held_out else
+             "the training environment (it takes no split=), so they are not held out from training")
+    return (f"note: {env_id} has no numbered items (num_items): training draws each problem from its reset "
+            f"seed, and evaluation plays eval.num_problems fixed reset seeds of {where}")
 
 
 def build_sandbox(config: TrainConfig) -> Any:

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+from .envs.info import OUTCOME, StepInfo
 from .eval_scaling import Attempt, ScalingPoint, scaling_curve
 from .rollout.engine import EpisodeRequest, RolloutEngine
 from .trajectory import Trajectory
@@ -35,6 +36,11 @@ def evaluate(
     greedy pass. Metric keys: ``eval/greedy_accuracy``, ``eval/sampled_accuracy``,
     ``eval/pass@k`` and ``eval/maj@k`` for every k of the ladder up to ``samples``,
     ``eval/sampled_seconds_per_token``, ``eval/tokens_per_second``, ``eval/num_problems``.
+
+    Problem ``i`` is item ``i`` of the environment's split (``options={"index": i}``). An
+    environment without numbered items (no ``num_items``: a plain ``gymnasium.Env``) is reset with
+    the fixed seed ``seed + i`` instead, in both passes: problem ``i`` is whatever that seed draws,
+    the same at every evaluation.
     """
     metrics: dict[str, float] = {"eval/num_problems": float(len(indices))}
     all_trajs: list[Trajectory] = []
@@ -42,13 +48,14 @@ def evaluate(
     tokens, start = 0, time.perf_counter()
     if greedy:
         greedy_engine = _with_sampling(engine, temperature=0.0)
-        trajs = _play(greedy_engine, make_env, envs, [(i, 0) for i in indices], batch_episodes, seed, step)
+        trajs = _play(greedy_engine, make_env, envs, [(i, 0) for i in indices], batch_episodes, seed, step,
+                      problem_seed=seed)
         metrics["eval/greedy_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
         all_trajs += trajs
     if samples > 0:
         jobs = [(i, g) for i in indices for g in range(samples)]
         sampled_start = time.perf_counter()
-        trajs = _play(engine, make_env, envs, jobs, batch_episodes, seed + 1, step)
+        trajs = _play(engine, make_env, envs, jobs, batch_episodes, seed + 1, step, problem_seed=seed)
         seconds = time.perf_counter() - sampled_start
         metrics["eval/sampled_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
         metrics["eval/sampled_seconds_per_token"] = seconds / max(sum(t.num_model_tokens for t in trajs), 1)
@@ -62,13 +69,16 @@ def evaluate(
     return metrics, all_trajs
 
 
-def _play(engine, make_env, envs, jobs, batch_episodes, seed, step) -> list[Trajectory]:
+def _play(engine, make_env, envs, jobs, batch_episodes, seed, step, *, problem_seed) -> list[Trajectory]:
     out: list[Trajectory] = []
     for start in range(0, len(jobs), batch_episodes):
         chunk = jobs[start:start + batch_episodes]
         while len(envs) < len(chunk):
             envs.append(make_env())
-        requests = [EpisodeRequest(seed=seed + i, options={"index": i}, sample_index=g) for i, g in chunk]
+        if callable(getattr(envs[0], "num_items", None)):
+            requests = [EpisodeRequest(seed=seed + i, options={"index": i}, sample_index=g) for i, g in chunk]
+        else:  # no numbered items: the reset seed is the problem
+            requests = [EpisodeRequest(seed=problem_seed + i, options={}, sample_index=g) for i, g in chunk]
         out += engine.run(envs[:len(chunk)], requests, seed=seed + start, step=step)
     return out
 
@@ -83,9 +93,9 @@ def sampled_scaling(trajectories: list[Trajectory], seconds_per_token: float, *,
     """The test-time scaling curve of sampled evaluation episodes, grouped by problem."""
     by_problem: dict[str, list[Attempt]] = {}
     for t in trajectories:
-        extracted = t.info.get("outcome", {}).get("extracted")
+        extracted = StepInfo.from_info(t.info.get(OUTCOME, {})).extracted
         by_problem.setdefault(t.prompt_id, []).append(Attempt(
-            correct=t.reward >= 1.0, answer=None if extracted is None else str(extracted),
+            correct=t.reward >= 1.0, answer=extracted,
             tokens=t.num_model_tokens))
     return scaling_curve(list(by_problem.values()), seconds_per_token, seed=seed)
 

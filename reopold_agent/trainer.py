@@ -192,13 +192,13 @@ class Trainer:
             self._train_envs.append(self.parts.make_train_env())
         num_items = self._train_envs[0].num_items() if hasattr(self._train_envs[0], "num_items") else None
 
-        def item(p: int) -> int:
-            if num_items is None:  # an env without a finite split takes the stream position itself
-                return step * P + p
-            return train_item_index(step * P + p, num_items, seed=cfg.train.seed, shuffle=cfg.train.shuffle)
+        def options(p: int) -> dict:
+            if num_items is None:  # an env without numbered items (a plain gymnasium.Env): the reset seed picks
+                return {}
+            return {"index": train_item_index(step * P + p, num_items, seed=cfg.train.seed, shuffle=cfg.train.shuffle)}
 
         requests = [
-            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), sample_index=g, options={"index": item(p)})
+            EpisodeRequest(seed=_seed(cfg.train.seed, step, p), sample_index=g, options=options(p))
             for p in mine for g in range(G)
         ]
         return self._rollout_engine.run(self._train_envs[:len(requests)], requests,

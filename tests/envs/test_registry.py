@@ -109,8 +109,8 @@ def test_unknown_id_lists_available_envs_and_suggests():
 
 
 def test_non_tool_env_and_bad_module_are_clear_errors():
-    with pytest.raises(UnknownEnvError, match="'CartPole-v1' is registered with gymnasium but "
-                                              "is not a ToolEnv"):
+    with pytest.raises(UnknownEnvError, match="'CartPole-v1' is one of gymnasium's own environments, "
+                                              "not a tool environment"):
         make_env("CartPole-v1")
     with pytest.raises(UnknownEnvError, match="cannot import module 'no_such_mod_q'"):
         make_env("no_such_mod_q:Thing-v0")
