@@ -1,15 +1,16 @@
 """Gymnasium tool environments (installed as ``reopold_agent.envs``).
 
-Importing this package registers the built-ins (``reopold_agent/ToolMath-v0``,
-``reopold_agent/Code-v0``, ``reopold_agent/VisualQA-v0``) with gymnasium. See
-``docs/environments.md`` for the contract and how to add an environment.
+Importing this package (which ``import reopold_agent`` does) registers the built-ins
+(``reopold_agent/ToolMath-v0``, ``reopold_agent/Code-v0``, ``reopold_agent/VisualQA-v0``) with
+gymnasium. See ``docs/environments.md`` for the contract and how to add an environment.
 """
 
 from reopold_agent.tasks.spec import Verdict
 
 from .base import Message, ToolEnv
 from .batch import StepOutcome, step_concurrently
-from .checker import ToolEnvCheckError, check_tool_env
+from .checker import ToolEnvCheckError, check_opening, check_tool_env
+from .info import EnvInfoError, ResetInfo, StepInfo
 from .registry import (
     ENTRY_POINT_GROUP,
     EnvInfo,
@@ -27,8 +28,11 @@ register_builtin_envs()
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EnvInfo",
+    "EnvInfoError",
     "Message",
     "PythonTool",
+    "ResetInfo",
+    "StepInfo",
     "StepOutcome",
     "Tool",
     "ToolEnv",
@@ -37,6 +41,7 @@ __all__ = [
     "ToolOutput",
     "UnknownEnvError",
     "Verdict",
+    "check_opening",
     "check_tool_env",
     "list_envs",
     "load_plugin_envs",

@@ -19,9 +19,13 @@ An episode::
 * ``step`` never raises on model output. It raises only on misuse (``step`` before ``reset``
   or after the episode ended, a non-``str`` action).
 
-Subclasses provide items (:meth:`ToolEnv.num_items`, :meth:`ToolEnv.load_item`), the opening
-messages (:meth:`ToolEnv.prompt`) and the verifier (:meth:`ToolEnv.verify`), and pass their
-tools to ``__init__``. Departure from gymnasium: ``metadata`` is inherited unchanged
+The keys of ``info`` that the engine reads are typed in :mod:`reopold_agent.envs.info`. Any
+``gymnasium.Env`` keeping this contract can be trained on (of ``reset``'s info, only ``tools``
+is required); :class:`ToolEnv` is the convenient base class that adds numbered items, splits,
+verifiers, tool-call parsing and the sandbox. Its subclasses provide items
+(:meth:`ToolEnv.num_items`, :meth:`ToolEnv.load_item`), the opening messages
+(:meth:`ToolEnv.prompt`) and the verifier (:meth:`ToolEnv.verify`), and pass their tools to
+``__init__``. Departure from gymnasium: ``metadata`` is inherited unchanged
 (``{"render_modes": []}``); tool environments do not render.
 """
 
