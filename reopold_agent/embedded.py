@@ -11,7 +11,9 @@ on these tasks is abrupt (a few dozen steps take a model from 10% to 80%), so a 
 lands at very different accuracies on CPUs whose floating-point results differ; a measured stop
 does not. ``build.json`` records every measurement and what was reached. The result is cached
 under ``<cache_dir>/embedded/<task>-<hash of the recipe and library versions>/{teacher,student}``;
-building happens once per machine.
+building happens once per machine. A build holds the recipe's lock file (``.<folder>.lock``): a
+second process asking for the same recipe waits for it and then uses its result, and the
+temporary folder of a build that was killed is removed by the next build.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from .file_lock import FileLock
 from .measured_stop import AccuracyProbe, AccuracyTarget, probe_accuracy, train_to_target
 from .rollout.config import RolloutConfig
 from .supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
@@ -205,24 +208,40 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *, sandbox: Any = N
         return models
     if recipe.probe is not None and sandbox is None:
         raise ValueError(f"building the embedded {task} models measures them on probe episodes; pass a sandbox")
-    log(f"building the embedded {task} teacher and student once (cached in {folder}) ...")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    lock = FileLock(folder.parent / f".{folder.name}.lock")
+    lock.acquire(wait=True, on_wait=lambda holder: log(
+        f"another build of the embedded {task} models ({holder}) is running; waiting for it to finish ..."))
     try:
-        report = build_embedded(recipe, tmp, sandbox=sandbox, log=log)
-        (tmp / "build.json").write_text(json.dumps(report, indent=2))
-        (tmp / "COMPLETE").write_text("")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is shared like any model folder
-        if (folder / "COMPLETE").exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        if (folder / "COMPLETE").exists():  # the build we waited for finished
+            return models
+        _remove_unfinished_builds(folder)
+        log(f"building the embedded {task} teacher and student once (cached in {folder}) ...")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            report = build_embedded(recipe, tmp, sandbox=sandbox, log=log)
+            (tmp / "build.json").write_text(json.dumps(report, indent=2))
+            (tmp / "COMPLETE").write_text("")
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the cache is shared like any model folder
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     return models
+
+
+def _remove_unfinished_builds(folder: Path) -> None:
+    """Remove the temporary folders of builds of this recipe that were killed part-way.
+
+    Called with the recipe's build lock held, so no live build owns any of them.
+    """
+    for stale in folder.parent.glob(f".{folder.name}-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, sandbox: Any = None,

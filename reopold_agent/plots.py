@@ -66,6 +66,8 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[LineError]]:
                 record = json.loads(line)
                 if not isinstance(record, dict) or "step" not in record:
                     raise ValueError("not a metrics object with a 'step'")
+                if not isinstance(record["step"], int) or isinstance(record["step"], bool):
+                    raise ValueError(f"'step' must be an integer, got {json.dumps(record['step'])[:40]}")
                 records.append(record)
             except ValueError as exc:
                 errors.append(LineError(str(path), number, str(exc)))

@@ -8,7 +8,10 @@ JSON that other tools can read.
 
 Reading never stops at a bad line: :func:`read_trajectories` returns the records it could parse
 plus a :class:`LineError` (path, line number, reason) for each line it skipped, so a corrupt
-line or a run still being written (last line cut short) can still be opened.
+line or a run still being written (last line cut short) can still be opened. A line must be
+JSON *and* hold every field with its type (:func:`check_field_types`): a valid-JSON line with
+``"images": [1]`` or ``"reward": "high"`` is skipped with its reason, never handed on to crash
+a reader further down.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .trajectory import SCHEMA_VERSION, ImageRecord, Trajectory
+from .trajectory import SCHEMA_VERSION, ImageRecord, TokenSource, Trajectory
 
 _IN_MEMORY_ONLY = ("pixel_inputs",)
 _FLOAT_LISTS = ("logprobs", "teacher_logprobs", "entropy", "trainer_logprobs")
@@ -67,6 +70,7 @@ def trajectory_from_json(line: str) -> Trajectory:
     version = record.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ValueError(f"schema_version {version!r} is newer than this reader ({SCHEMA_VERSION})")
+    check_field_types(record)
     for key in _FLOAT_LISTS:
         if record.get(key) is not None:
             record[key] = [_decode_float(v) for v in record[key]]
@@ -80,6 +84,82 @@ def trajectory_from_json(line: str) -> Trajectory:
         return Trajectory(**record)
     except TypeError as exc:
         raise ValueError(f"missing or wrong fields: {exc}") from None
+
+
+_SOURCES = frozenset(s.value for s in TokenSource)
+
+
+def check_field_types(record: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field of a trajectory record with the wrong type.
+
+    Checks every field of the format (``docs/trajectory-format.md``) that is present; absent
+    optional fields take their defaults, and missing required ones are reported by the
+    dataclass. Per-token float lists hold numbers, ``null`` or the non-finite strings.
+    """
+    def fail(name: str, expected: str, value: Any) -> None:
+        shown = json.dumps(value, default=str)
+        raise ValueError(f"field {name!r}: expected {expected}, got {shown[:40]}{'...' if len(shown) > 40 else ''}")
+
+    for name in ("token_ids", "turn", "loss_mask"):
+        if name in record and not _is_list_of(record[name], _is_int):
+            fail(name, "a list of integers", record[name])
+    if "token_ids" in record and any(v < 0 for v in record["token_ids"]):
+        fail("token_ids", "non-negative token ids", [v for v in record["token_ids"] if v < 0][:3])
+    if "loss_mask" in record and any(v not in (0, 1) for v in record["loss_mask"]):
+        fail("loss_mask", "a list of 0 and 1", record["loss_mask"])
+    if "source" in record and not _is_list_of(record["source"], lambda v: v in _SOURCES):
+        fail("source", f"a list of {'/'.join(sorted(_SOURCES))}", record["source"])
+    for name in _FLOAT_LISTS:
+        value = record.get(name)
+        if value is not None and not _is_list_of(value, _is_float_entry):
+            fail(name, "a list of numbers or null", value)
+    if "logprobs" in record and record["logprobs"] is None:
+        fail("logprobs", "a list of numbers or null", None)
+    if "reward" in record and not _is_number(record["reward"]):
+        fail("reward", "a number", record["reward"])
+    for name in ("tool_errors", "tool_calls", "sample_index", "step", "schema_version"):
+        if name in record and not _is_int(record[name]):
+            fail(name, "an integer", record[name])
+    for name in ("end_reason", "task", "prompt_id", "sampler"):
+        if name in record and not isinstance(record[name], str):
+            fail(name, "a string", record[name])
+    if "truncated" in record and not isinstance(record["truncated"], bool):
+        fail("truncated", "true or false", record["truncated"])
+    if "info" in record and not isinstance(record["info"], dict):
+        fail("info", "an object", record["info"])
+    if "messages" in record and not _is_list_of(record["messages"], _is_message):
+        fail("messages", 'a list of {"role": string, "content": string, list or null} objects', record["messages"])
+    if "images" in record and not _is_list_of(record["images"], _is_image):
+        fail("images", 'a list of {"path": string, "token_start": int, "token_end": int} objects', record["images"])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_float_entry(value: Any) -> bool:
+    return value is None or _is_number(value) or (isinstance(value, str) and value in _NONFINITE)
+
+
+def _is_list_of(value: Any, check) -> bool:
+    return isinstance(value, list) and all(check(v) for v in value)
+
+
+def _is_message(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("role"), str)
+            and (value.get("content") is None or isinstance(value.get("content"), (str, list))))
+
+
+def _is_image(value: Any) -> bool:
+    if not isinstance(value, dict) or set(value) - {"path", "token_start", "token_end", "grid_thw"}:
+        return False
+    grid = value.get("grid_thw")
+    return (isinstance(value.get("path"), str) and _is_int(value.get("token_start"))
+            and _is_int(value.get("token_end")) and (grid is None or _is_list_of(grid, _is_int)))
 
 
 def write_trajectories(path: str | Path, trajectories: Iterable[Trajectory], *, append: bool = True) -> int:

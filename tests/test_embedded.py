@@ -122,3 +122,44 @@ def test_alignment_conversations_pair_the_zoomed_cell_with_its_colour():
     assert conv[1]["content"] == gold[-1]["content"].removeprefix("\\boxed{").removesuffix("}")
     zoomed = [p["image"] for p in gold[3]["content"] if p.get("type") == "image"][0]
     assert conv[0]["content"][0]["image"].tobytes() == zoomed.tobytes()
+
+
+def test_a_killed_builds_temp_folder_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    monkeypatch.setitem(embedded.RECIPES, "tool_math", _tiny_recipe())
+    folder = embedded.embedded_folder("tool_math", tmp_path)
+    left = folder.parent / f".{folder.name}-k1ll3d"  # what mkdtemp left when the build was killed
+    (left / "teacher").mkdir(parents=True)
+    (left / "teacher" / "model.safetensors").write_bytes(b"partial")
+    other_recipe = folder.parent / ".visual_qa-0123456789ab-x"  # another recipe's build is not touched
+    other_recipe.mkdir()
+    embedded.ensure_embedded_models("tool_math", tmp_path, log=lambda m: None)
+    assert not left.exists() and other_recipe.exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".visual_qa-0123456789ab-x", folder.name]
+
+
+def test_a_second_build_of_the_same_recipe_waits_and_uses_the_first(tmp_path, monkeypatch):
+    """Two processes ask for the same models at once: one builds, the other waits for the lock
+    and then finds the result, without training a second time."""
+    import threading
+
+    from reopold_agent.file_lock import FileLock
+
+    monkeypatch.setitem(embedded.RECIPES, "tool_math", _tiny_recipe())
+    folder = embedded.embedded_folder("tool_math", tmp_path)
+    folder.parent.mkdir(parents=True)
+    first = FileLock(folder.parent / f".{folder.name}.lock").acquire()  # the first build is running
+    logs, result = [], []
+    waiter = threading.Thread(target=lambda: result.append(
+        embedded.ensure_embedded_models("tool_math", tmp_path, log=logs.append)))
+    waiter.start()
+    waiter.join(timeout=1.5)
+    assert waiter.is_alive() and len(logs) == 1 and "is running; waiting for it to finish" in logs[0]
+    # the first build finishes: its folder appears complete, then its lock is released
+    staging = tmp_path / "staging"
+    embedded.build_embedded(embedded.RECIPES["tool_math"], staging, log=lambda m: None)
+    (staging / "COMPLETE").write_text("")
+    staging.rename(folder)
+    first.release()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and result[0].student == folder / "student"
+    assert not any("building" in line for line in logs)

@@ -87,3 +87,40 @@ def test_newer_schema_rejected():
     line = trajectory_to_json(make_traj()).replace('"schema_version":1', '"schema_version":99')
     with pytest.raises(ValueError, match="newer"):
         trajectory_from_json(line)
+
+
+CORRUPTIONS = [
+    ("images", [1]),
+    ("images", [{"path": 3, "token_start": 1, "token_end": 2}]),
+    ("token_ids", [5, 6, "7", 8, 9, 10]),
+    ("token_ids", "567"),
+    ("source", ["prompt", "prompt", "banana", "model", "tool", "model"]),
+    ("turn", [0, 0, 1.5, 1, 1, 2]),
+    ("loss_mask", [0, 0, 2, 1, 0, 1]),
+    ("logprobs", [None, None, [1], -2.5e-08, None, -3.0]),
+    ("teacher_logprobs", {"a": 1}),
+    ("entropy", [None, None, "high", 0.25, None, 0.0]),
+    ("messages", [{"role": "user", "content": 3}]),
+    ("messages", "hello"),
+    ("reward", "1.0"),
+    ("reward", True),
+    ("truncated", "no"),
+    ("step", "abc"),
+    ("tool_calls", 1.5),
+    ("task", ["tool_math"]),
+    ("info", [1]),
+]
+
+
+@pytest.mark.parametrize("field, value", CORRUPTIONS, ids=[f"{f}={v!r}"[:40] for f, v in CORRUPTIONS])
+def test_a_wrong_typed_field_skips_its_line_with_the_field_named(tmp_path, field, value):
+    import json
+
+    good = trajectory_to_json(make_traj(0))
+    record = json.loads(good)
+    record[field] = value
+    path = tmp_path / "t.jsonl"
+    path.write_text(good + "\n" + json.dumps(record) + "\n" + good + "\n")
+    trajs, errors = read_trajectories(path)
+    assert len(trajs) == 2 and len(errors) == 1
+    assert str(errors[0]).startswith(f"{path}:2: field {field!r}: expected ")

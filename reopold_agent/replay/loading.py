@@ -296,7 +296,7 @@ class RunIndex:
             return s
         try:
             _fill_from_match(s, match, body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
             s.error = f"unreadable scalar fields ({exc})"
             self._record(LineError(str(s.path), line, s.error))
         return s
@@ -336,7 +336,10 @@ def _scan_lines(fh, start: int):
 
 
 def _fill_from_match(s: Summary, m: re.Match, body: bytes) -> None:
-    s.reward = float(json.loads(m.group(1)))
+    reward = json.loads(m.group(1))
+    if not isinstance(reward, (int, float)) or isinstance(reward, bool):
+        raise ValueError(f"field 'reward': expected a number, got {m.group(1)[:40].decode(errors='replace')}")
+    s.reward = float(reward)
     s.truncated = m.group(2) == b"true"
     s.end_reason = json.loads(b'"' + m.group(3) + b'"')
     s.tool_errors, s.tool_calls = int(m.group(4)), int(m.group(5))

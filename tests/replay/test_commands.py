@@ -54,3 +54,48 @@ def test_plot_command_prints_the_figures(synthetic_run, tmp_path, capsys):
     out = capsys.readouterr()
     assert "training_curves.png" in out.out and "reward_histogram.png" in out.out
     assert "step_000002.jsonl:3" in out.err
+
+
+def _add_wrong_typed_lines(run):
+    """Valid JSON, wrong types: step_000000.jsonl gets ``"images": [1]`` on line 2 and a
+    string reward on line 3; metrics.jsonl a row with ``"step": "abc"`` on line 4."""
+    import json
+
+    from reopold_agent.trajectory_io import trajectory_to_json
+
+    from .fixtures import tool_trajectory
+
+    rows = []
+    for field, value in (("images", [1]), ("reward", "high")):
+        record = json.loads(trajectory_to_json(tool_trajectory(0, sample_index=len(rows) + 1)))
+        record[field] = value
+        rows.append(json.dumps(record))
+    with open(run / "trajectories" / "step_000000.jsonl", "a") as fh:
+        fh.write("".join(r + "\n" for r in rows))
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": "abc", "objective/loss": 1.0}) + "\n")
+
+
+def test_export_skips_wrong_typed_lines_and_writes_the_rest(synthetic_run, tmp_path, capsys):
+    from reopold_agent.cli import main
+
+    _add_wrong_typed_lines(synthetic_run)
+    out = tmp_path / "all.html"
+    assert main(["replay", str(synthetic_run), "--export", "html", str(out), "--no-tokenizer"]) == 0
+    captured = capsys.readouterr()
+    step0 = synthetic_run / "trajectories" / "step_000000.jsonl"
+    assert f"skipped {step0}:2: field 'images': expected a list of" in captured.err
+    assert f"skipped {step0}:3: " in captured.err and "'reward'" in captured.err
+    pages = list((tmp_path / "all_files").glob("*.html"))
+    assert out.exists() and len(pages) >= 4
+
+
+def test_plot_skips_a_metrics_row_with_a_text_step_and_wrong_typed_trajectories(synthetic_run, tmp_path, capsys):
+    from reopold_agent.cli import main
+
+    _add_wrong_typed_lines(synthetic_run)
+    assert main(["plot", str(synthetic_run), "--out", str(tmp_path / "f")]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped {synthetic_run / 'metrics.jsonl'}:4: 'step' must be an integer, got \"abc\"" in captured.err
+    assert f"{synthetic_run / 'trajectories' / 'step_000000.jsonl'}:2: field 'images'" in captured.err
+    assert "training_curves.png" in captured.out and "reward_histogram.png" in captured.out
