@@ -232,6 +232,9 @@ def vllm_backend(path: str, config: TrainConfig, vision: Any = None, *, processe
 
 
 def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
+    """Train as ``config`` says. The caller has checked and locked the run directory
+    (:func:`reopold_agent.run_directory.open_run_directory`)."""
+    from .interruption import StopSignals
     from .progress import TrainProgress
     from .run_logging import RunLogger
     from .sequence_scoring import SequenceScorer
@@ -287,19 +290,22 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
         sandbox=dataclasses.replace(config.sandbox, e2b_api_key="<redacted>" if config.sandbox.e2b_api_key else None),
     )
-    if accelerator.is_main_process:
-        logger.save_config(to_dict(resolved))
     teacher_engine = None
     if teacher is not None and (config.eval.teacher or config.objective.name == "sft"):
         teacher_engine = rollout_engine(teacher.model, tokenizer, config, vision)
     parts = TrainerParts(student, tokenizer, optimizer, scheduler, engine, teacher,
                          make_train_env, make_eval_env, logger, accelerator, teacher_engine, scorer=scorer)
-    with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress:
-        trainer = Trainer(config, parts, on_step=progress.update)
-        final = trainer.train(resume=resume)
+    try:
+        # Ctrl-C and SIGTERM stop the run at a whole step and save it (reopold_agent.interruption)
+        with TrainProgress(config.train.steps, enabled=accelerator.is_main_process) as progress, \
+                StopSignals() as stop:
+            trainer = Trainer(config, parts, on_step=progress.update, log=progress.log, critical=stop.deferred,
+                              run_config=to_dict(resolved))
+            final = trainer.train(resume=resume)
+    finally:
+        sandbox.close()
     if accelerator.is_main_process:
         _print_summary(config.output_dir, final)
-    sandbox.close()
     return 0
 
 
@@ -380,8 +386,10 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
 
 def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
     from .embedded import gold_conversations
+    from .run_directory import RunDirectoryError, check_writable, describe_os_error
     from .supervised import SupervisedConfig, supervised_train, tokenize_conversation
 
+    check_writable(config.output_dir)  # a file, a read-only place: one line now, not after training
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
     tokenizer = load_tokenizer(student_path)
     model = load_model(student_path, dtype=torch.float32, role="student")
@@ -395,8 +403,11 @@ def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir:
     loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id, vision=vision,
                             on_step=lambda s, l: _log(f"sft step {s + 1}/{steps} loss {l:.4f}") if (s + 1) % 50 == 0 else None)
     out = Path(config.output_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    except OSError as exc:
+        raise RunDirectoryError(f"saving the fine-tuned student: {describe_os_error(out, exc)}") from None
     _log(f"saved the fine-tuned student to {out} (final loss {loss:.4f})")
     return 0
 
@@ -430,11 +441,18 @@ def _conversations_from_file(path: str) -> list[list[dict]]:
 
 
 def _print_summary(run_dir: str, final: dict[str, float]) -> None:
+    """The run directory, the final evaluation, and teacher / student before / after accuracy
+    (read back from ``metrics.jsonl``, so a resumed run reports from its first session on)."""
+    from .progress import accuracy_summary
+    from .run_logging import read_metrics
+
     keys = [k for k in final if k.startswith("eval/")]
     shown = {k: round(v, 4) for k, v in final.items() if k in keys and isinstance(v, float) and math.isfinite(v)}
     _log(f"run directory: {run_dir}")
     if shown:
         _log("final evaluation: " + json.dumps(shown))
+    for line in accuracy_summary(read_metrics(run_dir)):
+        _log(line)
 
 
 def _log(message: str) -> None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from .run_directory import RunDirectoryError, describe_os_error
 from .trajectory import Trajectory
 from .trajectory_io import write_trajectories
 from .vision.storage import save_trajectory_images
@@ -34,42 +37,89 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._writing(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self._tensorboard = tensorboard
+        self._tb = self._open_tensorboard()
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+    def _open_tensorboard(self, purge_step: int | None = None):
+        if not self._tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        with self._writing(self.run_dir / "tensorboard"):
+            return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def save_config(self, config: dict[str, Any]) -> None:
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        with self._writing(self.run_dir / "config.yaml"):
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop metric lines of steps after ``step`` (used when resuming from a checkpoint)."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and _step_of(line) is not None and _step_of(line) <= step]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+    def rewind_to(self, step: int) -> list[dict[str, Any]]:
+        """Make the run directory what it was when checkpoint ``step`` was saved; used on resume.
+
+        Checkpoint ``step`` holds the model after training steps ``0 .. step-1`` and is saved
+        before the evaluation at ``step``. So this keeps training rows of steps ``< step`` and
+        evaluation rows of steps ``<= step`` in ``metrics.jsonl`` (rows that cannot be read
+        are dropped), removes the trajectory files of later training steps
+        (``step_<k>.jsonl``, k >= step) and evaluations (``eval_<k>``, k > step), and hides
+        TensorBoard events from ``step`` on (``purge_step``), writing back the kept
+        evaluation rows of ``step``. Returns the kept metric records.
+        """
+        kept: list[dict[str, Any]] = []
+        lines = self.metrics_path.read_text(errors="replace").splitlines() if self.metrics_path.exists() else []
+        out = []
+        for line in lines:
+            record = _record_of(line)
+            if record is not None and record["step"] < step + (1 if is_evaluation_record(record) else 0):
+                kept.append(record)
+                out.append(line)
+        with self._writing(self.metrics_path):
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in out))
+            os.replace(tmp, self.metrics_path)
+            for path in (self.run_dir / "trajectories").glob("*.jsonl"):
+                kind, at = _trajectory_file_step(path)
+                if at is not None and (at >= step if kind == "step" else at > step):
+                    path.unlink()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = self._open_tensorboard(purge_step=step)
+            for record in kept:
+                if record["step"] == step:
+                    self._add_scalars(step, record)
+        return kept
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
-            self._tb.flush()
+        with self._writing(self.metrics_path):
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            self._add_scalars(step, metrics)
+
+    def _add_scalars(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._tb is None:
+            return
+        for key, value in metrics.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
 
     def log_trajectories(self, name: str, trajectories: list[Trajectory]) -> Path:
         path = self.run_dir / "trajectories" / f"{name}.jsonl"
-        save_trajectory_images(self.run_dir, trajectories)  # images first: a line never points at nothing
-        write_trajectories(path, trajectories, append=False)
+        with self._writing(path):
+            save_trajectory_images(self.run_dir, trajectories)  # images first: a line never points at nothing
+            write_trajectories(path, trajectories, append=False)
         return path
+
+    @staticmethod
+    @contextmanager
+    def _writing(path: Path) -> Iterator[None]:
+        """Turn an OSError (full disk, read-only place) into a one-line RunDirectoryError."""
+        try:
+            yield
+        except OSError as exc:
+            raise RunDirectoryError(describe_os_error(path, exc)) from None
 
     def close(self) -> None:
         if self._tb is not None:
@@ -89,11 +139,29 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _step_of(line: str) -> int | None:
+def is_evaluation_record(record: dict[str, Any]) -> bool:
+    """Whether a metrics row is an evaluation's (every key but ``step`` under ``eval/``)."""
+    keys = [k for k in record if k != "step"]
+    return bool(keys) and all(k.startswith("eval/") for k in keys)
+
+
+def _record_of(line: str) -> dict[str, Any] | None:
+    """A metrics row with an integer ``step``, or None for a line that is not one."""
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(line)
+    except ValueError:
         return None
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return None
+    return record
+
+
+def _trajectory_file_step(path: Path) -> tuple[str, int | None]:
+    """(``step`` or ``eval``, the step in the name) of a run's trajectory file; (``""``, None) else."""
+    match = re.fullmatch(r"(step|eval|eval_teacher)_(\d+)\.jsonl", path.name)
+    if match is None:
+        return "", None
+    return ("step" if match.group(1) == "step" else "eval"), int(match.group(2))
 
 
 def _clean(value: Any) -> Any:

@@ -16,21 +16,24 @@ float32 on the CPU autocast is off and nothing changes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 
 from .batching import TrainBatch, collate
 from .behaviour import mismatch_stats, record_recomputed, recompute_behaviour, truncated_is_weights
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_newest_loadable, save_checkpoint, set_aside
 from .cross_process import EngineUpdate
 from .data_order import train_item_index
 from .evaluation import evaluate
+from .interruption import TrainingInterrupted
 from .policy_update import policy_update
 from .rollout.engine import EpisodeRequest, RolloutEngine
-from .run_logging import RunLogger
+from .run_directory import RunDirectoryError, describe_os_error
+from .run_logging import RunLogger, is_evaluation_record
 from .sequence_scoring import SequenceScorer
 from .teacher import TeacherScorer
 from .train_config import TrainConfig, check_batch_shape
@@ -68,10 +71,23 @@ class Trainer:
     """Runs ``config.train.steps`` steps of on-policy distillation."""
 
     def __init__(self, config: TrainConfig, parts: TrainerParts, *,
-                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 on_step: Callable[[int, dict[str, float]], None] | None = None,
+                 log: Callable[[str], None] | None = None,
+                 critical: Callable[[], ContextManager[Any]] | None = None,
+                 run_config: dict[str, Any] | None = None) -> None:
+        """``on_step(step, metrics)`` receives every metrics row; ``log`` one-line notes (resume,
+        fallback, interruption); ``critical()`` guards the parts of a step that must not be cut
+        (the update and its logging, a save): the CLI passes
+        :meth:`reopold_agent.interruption.StopSignals.deferred`. ``run_config`` (the resolved
+        configuration) is written to ``config.yaml`` once training starts, after a resume has
+        loaded its checkpoint, so a refused resume leaves the run's file as it was."""
         self.config = config
+        self.run_config = run_config
         self.parts = parts
         self.on_step = on_step or (lambda step, metrics: None)
+        self.log = log or (lambda message: None)
+        self.critical = critical or contextlib.nullcontext
+        self._completed = self._saved = 0  # steps done, and the step of the newest checkpoint
         self._train_envs: list[Any] = []
         acc = parts.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
@@ -83,28 +99,77 @@ class Trainer:
         self.update = EngineUpdate(acc, self.scorer)
 
     def train(self, *, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
-        """Train from step 0 (or the latest checkpoint with ``resume``); returns the last metrics.
+        """Train from step 0 (or the newest loadable checkpoint with ``resume``); returns the
+        last metrics.
 
-        ``stop_after`` ends the session after that many steps (the run stays resumable).
+        ``stop_after`` ends the session after that many steps (the run stays resumable). A
+        :class:`~reopold_agent.interruption.TrainingInterrupted` (Ctrl-C, SIGTERM) saves a
+        checkpoint of the last complete step, unless it is saved already, and propagates.
         """
         cfg, parts = self.config, self.parts
-        start = self._resume() if resume else 0
+        start, kept = self._resume() if resume else (0, [])
+        self._completed = self._saved = start
+        if self.run_config is not None and parts.accelerator.is_main_process:
+            parts.logger.save_config(self.run_config)
+        metrics: dict[str, float] = {}
+        try:
+            self._opening_evaluations(start, kept)
+            for step in range(start, cfg.train.steps):
+                if stop_after is not None and step - start >= stop_after:
+                    return metrics
+                metrics = self.train_step(step)
+                done = step + 1
+                if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+                    self._save(done)
+                if self._evaluation_due(done):
+                    metrics.update(self._evaluate(done))
+        except TrainingInterrupted as exc:
+            self._save_on_interrupt(exc)
+            parts.logger.close()
+            raise
+        except RunDirectoryError as exc:  # a full disk: say what is safe
+            parts.logger.close()
+            raise RunDirectoryError(f"{exc}; {self._checkpoint_note()}") from None
+        parts.logger.close()
+        return metrics
+
+    def _checkpoint_note(self) -> str:
+        last = latest_checkpoint(self.parts.logger.run_dir)
+        if last is None:
+            return "no checkpoint was saved yet"
+        return f"the last complete checkpoint, {last.name}, is intact: continue with --resume"
+
+    def _evaluation_due(self, step: int) -> bool:
+        every = self.config.eval.every
+        return bool(every and step % every == 0) or step == self.config.train.steps
+
+    def _opening_evaluations(self, start: int, kept: list[dict[str, Any]]) -> None:
+        """Teacher and student at step 0; on resume, the evaluation at ``start`` if it was due
+        and the earlier session stopped before writing it."""
+        cfg, parts = self.config, self.parts
         if start == 0:
             if cfg.eval.teacher and parts.teacher_engine is not None:
                 self._evaluate(0, engine=parts.teacher_engine, prefix="eval/teacher_")
             self._evaluate(0)
-        metrics: dict[str, float] = {}
-        for step in range(start, cfg.train.steps):
-            if stop_after is not None and step - start >= stop_after:
-                return metrics
-            metrics = self.train_step(step)
-            done = step + 1
-            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
-                self._save(done)
-            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.steps:
-                metrics.update(self._evaluate(done))
-        parts.logger.close()
-        return metrics
+        elif self._evaluation_due(start) and not any(
+                r["step"] == start and is_evaluation_record(r) and not any(k.startswith("eval/teacher_") for k in r)
+                for r in kept):
+            self._evaluate(start)
+
+    def _save_on_interrupt(self, exc: TrainingInterrupted) -> None:
+        """After a stop signal: save the last complete step unless its checkpoint exists."""
+        step = self._completed
+        if self.world > 1:
+            self.log(f"stopped by {exc.name}; a multi-process run saves nothing on a signal: "
+                     f"--resume continues from the last saved checkpoint (step {self._saved})")
+        elif step == 0:
+            self.log(f"stopped by {exc.name} before the first step completed; nothing to save")
+        elif step > self._saved:
+            self.log(f"stopped by {exc.name}: saving a checkpoint of step {step}, the last complete one ...")
+            self._save(step)
+            self.log(f"saved checkpoint step {step}; continue with --resume")
+        else:
+            self.log(f"stopped by {exc.name}; the checkpoint of step {step} is saved; continue with --resume")
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: play, score, update; logs and returns the step's metrics."""
@@ -123,31 +188,33 @@ class Trainer:
         t_recompute = time.perf_counter()
         behaviour = {} if self._rollout_engine.backend.reports_entropy else self._recompute_behaviour(batch, trajectories)
         t_recompute = time.perf_counter() - t_recompute
-        with acc.autocast():
-            stats = policy_update(
-                self.scorer, parts.optimizer, parts.scheduler, batch,
-                step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
-                backward=self.update.backward, clip_grad=self.update.clip_gradients, gather=self.update.gather,
-                chunk_rows=cfg.model.vocab_chunk_rows,
-                generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
-                vision=parts.engine.vision, no_sync=self.update.no_sync,
-            )
-        t3 = time.perf_counter()
-        parts.engine.backend.sync_weights(parts.student)
-        everyone = self._gather_trajectories(trajectories)
-        metrics = {**stats, **behaviour, **rollout_metrics(everyone),
-                   **{f"time/rollout_{k}": v for k, v in self._rollout_engine.timings.items()}}
-        model_tokens = sum(t.num_model_tokens for t in everyone)
-        if behaviour:
-            metrics["time/recompute_s"] = t_recompute
-        metrics.update({
-            "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2 - t_recompute,
-            "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
-        })
-        if acc.is_main_process:
-            parts.logger.log_trajectories(f"step_{step:06d}", everyone)
-            parts.logger.log_metrics(step, metrics)
-        self.on_step(step, metrics)
+        with self.critical():  # a stop signal waits: the update and the step's logs happen whole
+            with acc.autocast():
+                stats = policy_update(
+                    self.scorer, parts.optimizer, parts.scheduler, batch,
+                    step=step, settings=cfg.objective, optim=cfg.train, total_steps=cfg.train.steps,
+                    backward=self.update.backward, clip_grad=self.update.clip_gradients, gather=self.update.gather,
+                    chunk_rows=cfg.model.vocab_chunk_rows,
+                    generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + step),
+                    vision=parts.engine.vision, no_sync=self.update.no_sync,
+                )
+            t3 = time.perf_counter()
+            parts.engine.backend.sync_weights(parts.student)
+            everyone = self._gather_trajectories(trajectories)
+            metrics = {**stats, **behaviour, **rollout_metrics(everyone),
+                       **{f"time/rollout_{k}": v for k, v in self._rollout_engine.timings.items()}}
+            model_tokens = sum(t.num_model_tokens for t in everyone)
+            if behaviour:
+                metrics["time/recompute_s"] = t_recompute
+            metrics.update({
+                "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2 - t_recompute,
+                "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
+            })
+            if acc.is_main_process:
+                parts.logger.log_trajectories(f"step_{step:06d}", everyone)
+                parts.logger.log_metrics(step, metrics)
+            self.on_step(step, metrics)
+            self._completed = step + 1
         return metrics
 
     def _recompute_behaviour(self, batch: TrainBatch, trajectories: list[Trajectory]) -> dict[str, float]:
@@ -235,37 +302,55 @@ class Trainer:
         return metrics
 
     def _save(self, step: int) -> None:
+        """Checkpoint ``step``; a write failure (full disk) stops with a one-line
+        :class:`RunDirectoryError`, the newest complete checkpoint left as it was."""
         parts = self.parts
         acc = parts.accelerator
+        run_dir = parts.logger.run_dir
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_checkpoint(parts.logger.run_dir, step, model=parts.student,
-                            tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
-                            extra={}, keep=self.config.train.keep_checkpoints,
-                            image_processor=getattr(parts.engine.vision, "image_processor", None))
+            with self.critical():
+                try:
+                    save_checkpoint(run_dir, step, model=parts.student,
+                                    tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                                    extra={}, keep=self.config.train.keep_checkpoints,
+                                    image_processor=getattr(parts.engine.vision, "image_processor", None))
+                except OSError as exc:
+                    raise RunDirectoryError(f"saving checkpoint step {step}: {describe_os_error(run_dir, exc)}") from None
         acc.wait_for_everyone()
+        self._saved = step
 
-    def _resume(self) -> int:
+    def _resume(self) -> tuple[int, list[dict[str, Any]]]:
+        """Load the newest loadable checkpoint and rewind the run's logs to its step.
+
+        Returns (its step, the metric rows kept); (0, []) when the run has no checkpoint.
+
+        Raises:
+            RunDirectoryError: the run has complete checkpoints and none loads (named).
+        """
         parts = self.parts
-        ckpt = latest_checkpoint(parts.logger.run_dir)
-        if ckpt is None:
-            return 0
-        from safetensors.torch import load_file
-
-        model = parts.student
-        state = {}
-        for shard in sorted(ckpt.glob("*.safetensors")):
-            state.update(load_file(str(shard)))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:
-            raise RuntimeError(f"checkpoint {ckpt} does not match the student (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.tie_weights()
-        saved = load_training_state(ckpt, optimizer=parts.optimizer, scheduler=parts.scheduler)
-        step = int(saved["step"])
-        parts.logger.truncate_after(step)
+        acc = parts.accelerator
+        run_dir = parts.logger.run_dir
+        try:
+            found = load_newest_loadable(run_dir, model=parts.student, optimizer=parts.optimizer,
+                                         scheduler=parts.scheduler,
+                                         log=self.log if acc.is_main_process else (lambda message: None))
+        except CheckpointError as exc:
+            raise RunDirectoryError(f"--resume: cannot load checkpoint {exc}") from None
+        if found is None:
+            self.log(f"no checkpoint in {run_dir}: starting at step 0")
+            return 0, []
+        step = int(found.state["step"])
+        kept: list[dict[str, Any]] = []
+        acc.wait_for_everyone()  # every process has read the checkpoints before any is moved
+        if acc.is_main_process:
+            for bad in found.unreadable:
+                self.log(f"moved the unreadable checkpoint aside to {set_aside(bad)}")
+            kept = parts.logger.rewind_to(step)
+        acc.wait_for_everyone()
         parts.engine.backend.sync_weights(parts.student)
-        return step
+        self.log(f"resumed from step {step} ({found.path})")
+        return step, kept
 
 
 def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
