@@ -387,7 +387,7 @@ def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
 def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
     from .embedded import gold_conversations
     from .run_directory import RunDirectoryError, check_writable, describe_os_error
-    from .supervised import SupervisedConfig, supervised_train, tokenize_conversation
+    from .supervised import SupervisedConfig, supervised_train
 
     check_writable(config.output_dir)  # a file, a read-only place: one line now, not after training
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
@@ -398,7 +398,7 @@ def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir:
         conversations = _conversations_from_file(data)
     else:
         conversations = gold_conversations(config.task.name, count=2000, seed=config.train.seed)
-    examples = [tokenize_conversation(tokenizer, c, vision=vision) for c in conversations]
+    examples = _tokenize_all(tokenizer, conversations, vision)
     sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10))
     loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id, vision=vision,
                             on_step=lambda s, l: _log(f"sft step {s + 1}/{steps} loss {l:.4f}") if (s + 1) % 50 == 0 else None)
@@ -438,6 +438,24 @@ def _conversations_from_file(path: str) -> list[list[dict]]:
     if not trajs:
         raise UsageError(f"{path} holds no readable trajectories")
     return [t.messages for t in trajs if t.reward >= 1.0] or [t.messages for t in trajs]
+
+
+def _tokenize_all(tokenizer: Any, conversations: list[list[dict]], vision: Any) -> list[Any]:
+    """Tokenized conversations; one the chat template cannot render is skipped with a line
+    saying which and why (user data may hold roles or parts the template does not know)."""
+    from jinja2 import TemplateError
+
+    from .supervised import tokenize_conversation
+
+    examples = []
+    for number, conversation in enumerate(conversations, start=1):
+        try:
+            examples.append(tokenize_conversation(tokenizer, conversation, vision=vision))
+        except (ValueError, TemplateError) as exc:
+            _log(f"skipped conversation {number}: {_first_line(exc)}")
+    if not examples:
+        raise UsageError("no conversation could be templated for training")
+    return examples
 
 
 def _print_summary(run_dir: str, final: dict[str, float]) -> None:

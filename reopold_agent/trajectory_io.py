@@ -128,7 +128,8 @@ def check_field_types(record: dict[str, Any]) -> None:
     if "info" in record and not isinstance(record["info"], dict):
         fail("info", "an object", record["info"])
     if "messages" in record and not _is_list_of(record["messages"], _is_message):
-        fail("messages", 'a list of {"role": string, "content": string, list or null} objects', record["messages"])
+        fail("messages", "a list of {role: system/user/assistant/tool, content: text, null or [{type: text/image}]} "
+                         "objects", record["messages"])
     if "images" in record and not _is_list_of(record["images"], _is_image):
         fail("images", 'a list of {"path": string, "token_start": int, "token_end": int} objects', record["images"])
 
@@ -149,9 +150,16 @@ def _is_list_of(value: Any, check) -> bool:
     return isinstance(value, list) and all(check(v) for v in value)
 
 
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
 def _is_message(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("role"), str)
-            and (value.get("content") is None or isinstance(value.get("content"), (str, list))))
+    """A chat message: a known role, and text, null, or a list of typed parts (text, image)."""
+    if not isinstance(value, dict) or value.get("role") not in _ROLES:
+        return False
+    content = value.get("content")
+    return content is None or isinstance(content, str) or _is_list_of(
+        content, lambda part: isinstance(part, dict) and part.get("type") in ("text", "image"))
 
 
 def _is_image(value: Any) -> bool:

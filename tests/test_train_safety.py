@@ -245,3 +245,37 @@ print('latest=' + latest_checkpoint('{out}').name)"
     ro_err = [line for line in (tmp_path / "ro.err").read_text().strip().splitlines()
               if not line.startswith("sandbox isolation unavailable")]
     assert lines["ro"] == "2" and len(ro_err) == 1 and "Read-only file system" in ro_err[0], ro_err
+
+
+def test_sft_data_skips_wrong_typed_lines_and_trains_on_the_rest(tiny_models, tmp_path, capsys):
+    from reopold_agent.embedded import gold_conversations
+    from reopold_agent.trajectory import Trajectory
+    from reopold_agent.trajectory_io import trajectory_to_json
+
+    lines = [trajectory_to_json(Trajectory(token_ids=[], source=[], turn=[], loss_mask=[], logprobs=[],
+                                           messages=c, reward=1.0))
+             for c in gold_conversations("tool_math", count=4)]
+    bad = [json.loads(lines[0]), json.loads(lines[0])]
+    bad[0]["messages"] = [{"role": "user", "content": 3}]
+    bad[1]["images"] = [1]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join([lines[0], json.dumps(bad[0]), lines[1], json.dumps(bad[1]), *lines[2:]]) + "\n")
+    student, _ = tiny_models
+    assert main(["sft", "--student", str(student), "--steps", "2", "--data", str(data),
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped {data}:2: field 'messages'" in printed and f"skipped {data}:4: field 'images'" in printed
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_sft_skips_a_conversation_the_template_cannot_render(tiny_models, capsys):
+    from reopold_agent.commands import _tokenize_all
+    from reopold_agent.embedded import gold_conversations
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[0])
+    good = gold_conversations("tool_math", count=2)
+    odd = [{"role": "user", "content": [{"type": "video", "url": "x"}]}, good[0][-1]]
+    examples = _tokenize_all(tokenizer, [good[0], odd, good[1]], None)
+    assert len(examples) == 2
+    assert "skipped conversation 2: " in capsys.readouterr().out

@@ -102,6 +102,8 @@ CORRUPTIONS = [
     ("entropy", [None, None, "high", 0.25, None, 0.0]),
     ("messages", [{"role": "user", "content": 3}]),
     ("messages", "hello"),
+    ("messages", [{"role": "banana", "content": "hi"}]),
+    ("messages", [{"role": "user", "content": [1]}]),
     ("reward", "1.0"),
     ("reward", True),
     ("truncated", "no"),
