@@ -222,7 +222,7 @@ def test_a_real_full_disk_and_a_read_only_mount_are_one_line(tiny_models, tmp_pa
         head -c $((avail - 16384)) /dev/zero > {mnt}/filler 2>/dev/null
         {cli} train --steps 2 --resume {common.replace('--steps 1 ', '')} > {tmp_path}/full.out 2> {tmp_path}/full.err
         echo "full=$?"
-        python -c "
+        {sys.executable} -c "
 import sys
 sys.path.insert(0, '{REPO}')
 from reopold_agent.checkpoint import latest_checkpoint
