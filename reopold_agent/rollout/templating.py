@@ -12,7 +12,8 @@ the ids of what comes *after* them:
 
 The suffix is found by rendering a fixed probe conversation with and without the appended
 messages and taking the difference, so it depends only on the template, not on the history.
-Tool turns of the same shape (same roles and fields, other text contents) are rendered once:
+Message text (prompts and tool outputs) is tokenised as text, so only the template itself
+produces control tokens (:mod:`.plain_text`). Tool turns of the same shape (same roles and fields, other text contents) are rendered once:
 the rendering with a marker in place of each content is split around the markers, and later
 turns fill in their contents. That is exact only for templates that insert a tool message's
 text verbatim, which the templater checks on its first tool turn (full renderings against
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+from .plain_text import PlainText
 
 _PROMPT_CACHE_SIZE = 4096
 _SKELETON_CACHE_SIZE = 1024
@@ -57,6 +60,8 @@ class ChatTemplater:
         self.assistant_closer = probe_text[probe_text.index(marker) + len(marker):]
         """Text the template puts after an assistant message's content (e.g. ``<|im_end|>\\n``)."""
         self._probe_text = probe_text
+        self.plain = PlainText(tokenizer)
+        """Keeps message text from producing control tokens (see :mod:`.plain_text`)."""
         self._prompts: dict[str, list[int]] = {}
         self._skeletons: dict[str, list[str] | None] = {}
         self._verbatim: bool | None = None
@@ -82,7 +87,8 @@ class ChatTemplater:
             key = None
         if key is not None and key in self._prompts:
             return list(self._prompts[key])
-        ids = self.encode(self._render(messages, add_generation_prompt=True, tools=tools))
+        shown, table = self.plain.neutralise(messages)
+        ids = self.plain.encode(self._render(shown, add_generation_prompt=True, tools=tools), table)
         if key is not None:
             if len(self._prompts) >= _PROMPT_CACHE_SIZE:
                 self._prompts.clear()
@@ -93,9 +99,12 @@ class ChatTemplater:
         """Ids to append after an assistant turn whose decoded text is ``generated_text``.
 
         Covers the unfinished part of the assistant closer, the tool messages and the next
-        generation prompt.
+        generation prompt. The messages' text is tokenised as text: a tool output holding
+        ``<|im_end|>`` gets the tokens of those characters, never the control token.
         """
-        return self.encode(self.closer_remainder(generated_text) + self._tool_turn_text(tool_messages))
+        shown, table = self.plain.neutralise(tool_messages)
+        return self.plain.encode(self.closer_remainder(generated_text) + self._tool_turn_text(shown),
+                                 table)
 
     def _tool_turn_text(self, tool_messages: list[dict[str, Any]]) -> str:
         """What the template appends after an assistant turn for ``tool_messages``, generation
