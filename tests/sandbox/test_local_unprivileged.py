@@ -50,7 +50,8 @@ def _skip_reason() -> str | None:
     if probe.returncode != 0:
         return f"the kernel forbids unprivileged user namespaces: {probe.stderr.strip()}"
     imp = _as_nobody(SYSTEM_PYTHON, "-I", "-B", "-c",
-                     f"import sys; sys.path.insert(0, {str(REPO)!r}); import reopold_agent.sandbox",
+                     f"import sys; sys.path.insert(0, {str(DRIVER.parent)!r}); import unprivileged_driver as d; "
+                     f"d.import_sandbox({str(REPO)!r})",
                      timeout=30)
     if imp.returncode != 0:
         return f"uid 65534 cannot import the repository at {REPO}: {imp.stderr.strip()[-300:]}"

@@ -51,10 +51,24 @@ CASES = {
 }
 
 
+def import_sandbox(repo: str):
+    """``reopold_agent.sandbox`` from the source tree at ``repo``, without running the
+    package's ``__init__`` (which registers the environments and so needs gymnasium, which a
+    system Python lacks); the sandbox itself needs only the standard library."""
+    import types
+
+    package = types.ModuleType("reopold_agent")
+    package.__path__ = [os.path.join(repo, "reopold_agent")]
+    sys.modules["reopold_agent"] = package
+    import reopold_agent.sandbox
+
+    return reopold_agent.sandbox
+
+
 def main() -> None:
     repo, marker, warm_workers, private = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    sys.path.insert(0, repo)
-    from reopold_agent.sandbox import LocalSandbox, SandboxConfig
+    sandbox_module = import_sandbox(repo)
+    LocalSandbox, SandboxConfig = sandbox_module.LocalSandbox, sandbox_module.SandboxConfig
 
     sandbox = LocalSandbox(SandboxConfig(timeout_s=5, max_processes=16,
                                          warm_workers=warm_workers))
