@@ -1,4 +1,8 @@
-"""Teacher scoring: the frozen teacher's log-probs on exactly the student's tokens.
+"""The ``hf`` teacher backend: the frozen teacher's log-probs on exactly the student's tokens.
+
+A transformers model in the trainer's process, scoring through backbone and chunked head
+(:mod:`reopold_agent.sequence_scoring`); the interface and the checks shared with the ``vllm``
+and ``server`` backends are in :mod:`reopold_agent.teacher_scoring`.
 
 The teacher reads the very token ids the student produced, in the identical context (prompt,
 tool outputs and images included), never a re-tokenisation of the decoded text. Checks that run
@@ -20,7 +24,7 @@ import torch
 
 from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
-from .trajectory import Trajectory
+from .teacher_scoring import ScoringRow, TeacherBackend
 
 
 class VocabularyMismatch(ValueError):
@@ -31,14 +35,7 @@ def check_vocabularies(student_tokenizer: Any, teacher_tokenizer: Any | None, te
                        student_model: Any | None = None) -> None:
     """Raise :class:`VocabularyMismatch` unless the teacher can score the student's ids."""
     if teacher_tokenizer is not None:
-        s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-        if s_vocab != t_vocab:
-            diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
-            raise VocabularyMismatch(
-                f"teacher and student tokenizers differ (student {len(s_vocab)} tokens, teacher "
-                f"{len(t_vocab)}; first differences {diff}); on-policy distillation needs one shared "
-                "vocabulary: pick a teacher from the student's model family"
-            )
+        check_tokenizers(student_tokenizer, teacher_tokenizer)
     n_tokens = len(student_tokenizer)
     t_rows = teacher_model.get_input_embeddings().num_embeddings
     if n_tokens > t_rows:
@@ -51,8 +48,20 @@ def check_vocabularies(student_tokenizer: Any, teacher_tokenizer: Any | None, te
             raise VocabularyMismatch(f"tokenizer has {n_tokens} tokens but the student's embedding has {s_rows}")
 
 
-class TeacherScorer:
-    """Fills ``teacher_logprobs`` of trajectories with a frozen teacher.
+def check_tokenizers(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
+    """Raise :class:`VocabularyMismatch` unless both tokenizers map the same tokens to the same ids."""
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
+        raise VocabularyMismatch(
+            f"teacher and student tokenizers differ (student {len(s_vocab)} tokens, teacher "
+            f"{len(t_vocab)}; first differences {diff}); on-policy distillation needs one shared "
+            "vocabulary: pick a teacher from the student's model family"
+        )
+
+
+class TeacherScorer(TeacherBackend):
+    """The ``hf`` teacher backend: a frozen transformers model in the trainer's process.
 
     Args:
         model: the teacher (put in eval mode, never trained).
@@ -61,6 +70,8 @@ class TeacherScorer:
         chunk_rows: rows of the vocabulary projection computed at once.
         vision: positions and pixel inputs for a vision-language teacher (None for text).
     """
+
+    name = "hf"
 
     def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024,
                  vision: Any = None) -> None:
@@ -71,32 +82,23 @@ class TeacherScorer:
         self.batch_rows = batch_rows
         self.chunk_rows = chunk_rows
         self.vision = vision
+        self.supports_images = vision is not None
 
     @torch.no_grad()
-    def score(self, trajectories: list[Trajectory]) -> None:
-        """Set ``traj.teacher_logprobs`` (None at position 0) for every trajectory, in place."""
+    def score_rows(self, rows: list[ScoringRow]) -> list[torch.Tensor]:
+        """Per row a [T] float32 tensor of teacher log-probs (position 0 holds 0), rows batched by length."""
         device = next(self.model.parameters()).device
-        order = sorted(range(len(trajectories)), key=lambda i: trajectories[i].num_tokens)
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].token_ids))
         for start in range(0, len(order), self.batch_rows):
-            chunk = [trajectories[i] for i in order[start:start + self.batch_rows]]
-            ids, attn = pad_right([t.token_ids for t in chunk], self.pad_token_id)
+            picked = order[start:start + self.batch_rows]
+            ids, attn = pad_right([rows[i].token_ids for i in picked], self.pad_token_id)
             ids, attn = ids.to(device), attn.to(device)
-            extra = self._vision_inputs(chunk, ids, attn)
+            extra = None
+            if self.vision is not None:
+                extra = self.vision.forward_inputs([rows[i].pixel_inputs for i in picked], ids, attn)
             logp_BT, _ = sequence_logprobs(self.model, ids, attn, chunk_rows=self.chunk_rows, extra_inputs=extra)
-            logp_BT = logp_BT.cpu()
-            ids = ids.cpu()
-            for b, traj in enumerate(chunk):
-                scored = logp_BT[b, :traj.num_tokens].tolist()
-                if len(scored) != traj.num_tokens or not torch.equal(ids[b, :traj.num_tokens],
-                                                                     torch.tensor(traj.token_ids)):
-                    raise RuntimeError(f"teacher scored {len(scored)} tokens for a {traj.num_tokens}-token trajectory")
-                traj.teacher_logprobs = [None] + scored[1:]
-
-    def _vision_inputs(self, chunk: list[Trajectory], ids, attn) -> dict | None:
-        if self.vision is None:
-            if any(t.images for t in chunk):
-                raise ValueError("trajectories hold images but the teacher is a text-only model")
-            return None
-        for traj in chunk:
-            traj.check_pixel_inputs()
-        return self.vision.forward_inputs([t.pixel_inputs for t in chunk], ids, attn)
+            logp_BT = logp_BT.float().cpu()
+            for b, i in enumerate(picked):
+                out[i] = logp_BT[b, :len(rows[i].token_ids)]
+        return out  # type: ignore[return-value]

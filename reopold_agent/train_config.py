@@ -7,14 +7,16 @@ objective hyper-parameters in :mod:`reopold_agent.objectives.config`, sandbox li
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config_ranges import check_ranges, ranged
+from .config_ranges import FieldError, check_ranges, ranged
 from .lr_schedule import LrDecay
 from .objectives.config import GrpoConfig, ReopoldConfig, RklConfig
 from .rollout.config import RolloutConfig
 from .sandbox import SandboxConfig
+from .teacher_config import TeacherConfig, check_placement
 
 ObjectiveName = Literal["reopold", "rkl", "rkl_sg", "grpo", "sft"]
 
@@ -27,6 +29,10 @@ class ModelConfig:
     teacher: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """``auto``: bfloat16 on a GPU, float32 on CPU."""
+    device: str = "auto"
+    """Where the models run: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (the GPU when one is
+    visible, else the CPU). Under a multi-process launcher each process takes its own GPU, so
+    only ``auto`` and ``cuda`` apply there."""
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     teacher_batch_rows: int = ranged(16, ge=1)
@@ -36,6 +42,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise FieldError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -162,10 +170,12 @@ class TrainConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     output_dir: str = "runs/latest"
 
     def __post_init__(self) -> None:
         check_batch_shape(self, processes=1)
+        check_placement(self)
 
 
 def check_batch_shape(config: TrainConfig, processes: int) -> None:
