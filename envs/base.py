@@ -51,6 +51,7 @@ from reopold_agent.tool_protocol import (
     truncate_output,
 )
 
+from .arguments import at_least
 from .info import ResetInfo, StepInfo
 from .spaces import MessagesSpace, TextSpace
 from .tools import Tool, ToolOutput
@@ -103,9 +104,9 @@ class ToolEnv(gymnasium.Env[list, str]):
         """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if max_tool_rounds < 1 or max_calls_per_turn < 1:
-            raise ValueError("max_tool_rounds and max_calls_per_turn must be >= 1, got "
-                             f"{max_tool_rounds} and {max_calls_per_turn}")
+        for name, value in (("max_tool_rounds", max_tool_rounds), ("max_calls_per_turn", max_calls_per_turn),
+                            ("max_turn_chars", max_turn_chars), ("max_tool_output_chars", max_tool_output_chars)):
+            at_least(name, value, 1)
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique, got {names}")

@@ -12,6 +12,7 @@ from reopold_agent.sandbox.base import Sandbox
 from reopold_agent.tasks import code
 from reopold_agent.tasks.spec import Verdict
 
+from .arguments import at_least, seconds
 from .base import Message, ToolEnv
 from .tools import PythonTool, sandbox_or_default
 
@@ -45,6 +46,9 @@ class CodeEnv(ToolEnv):
             test_timeout_s: wall-clock limit of the hidden-test run of a final answer.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
+        train_size, eval_size = at_least("train_size", train_size, 1), at_least("eval_size", eval_size, 1)
+        python_timeout_s = seconds("python_timeout_s", python_timeout_s, optional=True)
+        test_timeout_s = seconds("test_timeout_s", test_timeout_s)
         sandbox, owned = sandbox_or_default(sandbox, "reopold_agent/Code-v0")
         super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
                          sandbox=sandbox, owns_sandbox=owned, **limits)

@@ -12,6 +12,7 @@ from reopold_agent.sandbox.base import Sandbox
 from reopold_agent.tasks import tool_math
 from reopold_agent.tasks.spec import Verdict
 
+from .arguments import at_least, choices, seconds
 from .base import Message, ToolEnv
 from .tools import PythonTool, sandbox_or_default
 
@@ -48,6 +49,9 @@ class ToolMathEnv(ToolEnv):
             python_timeout_s: wall-clock limit of one python call.
             **limits: :class:`ToolEnv` limits (``max_tool_rounds``, ...).
         """
+        levels = choices("levels", levels, tool_math.LEVELS)
+        train_size, eval_size = at_least("train_size", train_size, 1), at_least("eval_size", eval_size, 1)
+        python_timeout_s = seconds("python_timeout_s", python_timeout_s, optional=True)
         sandbox, owned = sandbox_or_default(sandbox, "reopold_agent/ToolMath-v0")
         super().__init__(tools=[PythonTool(sandbox, timeout_s=python_timeout_s)], split=split,
                          sandbox=sandbox, owns_sandbox=owned, **limits)

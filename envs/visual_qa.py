@@ -15,6 +15,7 @@ from reopold_agent.sandbox.base import Sandbox
 from reopold_agent.tasks import visual_qa
 from reopold_agent.tasks.spec import Verdict
 
+from .arguments import at_least
 from .base import Message, ToolEnv
 from .tools import Tool, ToolOutput
 
@@ -86,6 +87,7 @@ class VisualQAEnv(ToolEnv):
             ValueError: an unknown ``level`` (the message lists the allowed ones).
         """
         self.level = visual_qa.check_level(level)
+        train_size, eval_size = at_least("train_size", train_size, 1), at_least("eval_size", eval_size, 1)
         super().__init__(tools=[ZoomTool(self.current_image)], split=split, sandbox=sandbox, **limits)
         self.data_seed = data_seed
         self.data = visual_qa.load_items(data_path) if data_path is not None else None

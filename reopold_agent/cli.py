@@ -17,9 +17,12 @@ from pathlib import Path
 from .config_loading import ConfigError
 from .interruption import TrainingInterrupted
 from .run_directory import RunDirectoryError
+from .teacher_errors import TeacherError
 from .replay.commands import add_replay_commands, run_plot_command, run_replay_command
 
 EXIT_USAGE = 2
+EXIT_TEACHER = 3
+"""Exit code of a run stopped because the teacher failed mid-run (resumable with --resume)."""
 
 
 class UsageError(Exception):
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sft = sub.add_parser("sft", help="supervised cold start of a student on gold trajectories")
     _add_run_flags(sft)
-    sft.add_argument("--steps", type=int, default=500, help="supervised steps (default 500)")
+    sft.add_argument("--steps", type=_positive_int, default=500, help="supervised steps (default 500)")
     sft.add_argument("--data", help="JSONL trajectories to imitate (default: the task's gold trajectories)")
 
     ev = sub.add_parser("eval", help="evaluate a student: accuracy, pass@k, maj@k, tokens/s")
@@ -73,6 +76,25 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", metavar="PATH_OR_ID", help="student model (default: the task's embedded tiny model)")
     p.add_argument("--teacher", metavar="PATH_OR_ID", help="teacher model (default: the task's embedded tiny model)")
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<task>)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of data order and sampling (train.seed)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", dest="dtype", action="store_const", const="bfloat16",
+                           help="models in bfloat16 (model.dtype=bfloat16; training in bf16 autocast)")
+    precision.add_argument("--fp32", dest="dtype", action="store_const", const="float32",
+                           help="models in float32 (model.dtype=float32)")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (model.device; default auto: the GPU when one is visible)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _add_compare_flags(p: argparse.ArgumentParser) -> None:
@@ -105,21 +127,27 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import list_envs_command
 
             return list_envs_command(json_output=args.json)
+        config = resolve_config(args)  # flags, configuration and paths first: no torch imported yet
+        from .preflight import check_inputs
+
+        check_inputs(config, command=args.command, data=getattr(args, "data", None))
         from .commands import eval_command, quiet_transformers, sft_command, train_command
 
         quiet_transformers()
-
-        config = resolve_config(args)
         if args.command == "train":
             return _train(args, config, train_command)
         if args.command == "sft":
             return sft_command(config, steps=args.steps, data=args.data, cache_dir=default_cache_dir())
-        return eval_command(config, cache_dir=default_cache_dir())
+        return eval_command(config, cache_dir=default_cache_dir(),
+                            output_dir=Path(args.output_dir) if args.output_dir is not None else None)
     except (ConfigError, UsageError, RunDirectoryError) as exc:
         print(f"reopold-agent {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingInterrupted as exc:  # the trainer said what it saved
         return exc.exit_code
+    except TeacherError as exc:  # the teacher failed mid-run; the trainer said what is safe
+        print(f"reopold-agent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_TEACHER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -190,6 +218,8 @@ def resolve_config(args: argparse.Namespace):
         "train.steps": getattr(args, "steps", None) if args.command == "train" else None,
         "eval.num_problems": getattr(args, "num_problems", None),
         "eval.samples": getattr(args, "samples", None),
+        "train.seed": getattr(args, "seed", None), "model.dtype": getattr(args, "dtype", None),
+        "model.device": getattr(args, "device", None),
     }
     for key, value in flags.items():
         if value is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from .cli import UsageError
 from .config_loading import to_dict
+from .config_ranges import FieldError
 from .lr_schedule import lr_multiplier
 from .train_config import TrainConfig
 
@@ -98,11 +100,33 @@ def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: b
     return student, teacher
 
 
+def run_device(config: TrainConfig) -> torch.device:
+    """The device of ``model.device``: ``auto`` is the current CUDA GPU when one is visible, else
+    the CPU. Naming ``cuda:N`` makes GPU N the current CUDA device of this process (where
+    accelerate and a bare ``"cuda"`` put tensors).
+
+    Raises:
+        UsageError: a CUDA device is asked for and none (or fewer) is visible.
+    """
+    name = config.model.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"model.device={name}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None:
+            if device.index >= torch.cuda.device_count():
+                raise UsageError(f"model.device={name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+            torch.cuda.set_device(device.index)
+    return device
+
+
 def model_dtypes(config: TrainConfig) -> tuple[torch.dtype, torch.dtype, str]:
     """(student param dtype, teacher dtype, accelerate mixed precision)."""
     name = config.model.dtype
     if name == "auto":
-        name = "bfloat16" if torch.cuda.is_available() else "float32"
+        name = "bfloat16" if run_device(config).type == "cuda" else "float32"
     low = getattr(torch, name)
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(name, "no")
     return torch.float32, low, mixed
@@ -152,6 +176,8 @@ def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
     except ToolEnvCheckError as exc:
         raise UsageError(f"environment {env_id!r} does not follow the tool-environment contract "
                          f"(docs/environments.md): {_first_line(exc)}") from None
+    except FieldError as exc:  # a constructor argument out of range, named as the config key
+        raise UsageError(f"task.env_kwargs.{exc.field} {exc.reason} (environment {env_id})") from None
     except (KeyError, ValueError, ImportError, ModuleNotFoundError, TypeError) as exc:
         raise UsageError(f"cannot make environment {env_id!r}: {_first_line(exc)}") from None
     if split == "eval" and not callable(getattr(env, "num_items", None)):
@@ -238,7 +264,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     from .progress import TrainProgress
     from .run_logging import RunLogger
     from .sequence_scoring import SequenceScorer
-    from .teacher import TeacherScorer, check_vocabularies
+    from .teacher_setup import build_teacher
     from .trainer import Trainer, TrainerParts
 
     if config.train.torch_threads:
@@ -248,31 +274,24 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     check_processes(config)
     sandbox = build_sandbox(config)
     make_train_env, make_eval_env = make_env_factory(config, sandbox, "train"), make_env_factory(config, sandbox, "eval")
+    config = fit_eval_to_split(config, make_eval_env, log=_log)
     need_teacher = config.objective.name != "grpo"
-    student_path, teacher_path = resolve_model_paths(config, cache_dir, need_teacher=need_teacher, sandbox=sandbox)
+    student_path, teacher_path = resolve_model_paths(
+        config, cache_dir, need_teacher=need_teacher and config.teacher.backend != "server", sandbox=sandbox)
     tokenizer = load_tokenizer(student_path)
     student = load_model(student_path, dtype=param_dtype, role="student",
                          trust_remote_code=config.model.trust_remote_code)
     vision = load_vision(student, student_path, config)
-    accelerator = make_accelerator(mixed, vision_language=vision is not None, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(mixed, vision_language=vision is not None, cpu=run_device(config).type == "cpu")
     if config.model.gradient_checkpointing:
         from .vision.loading import enable_activation_checkpointing
 
         enable_activation_checkpointing(student)
     teacher = None
     if need_teacher:
-        teacher_model = load_model(teacher_path, dtype=low_dtype, role="teacher",
-                                   trust_remote_code=config.model.trust_remote_code)
-        teacher_tok = load_tokenizer(teacher_path)
-        check_vocabularies(tokenizer, teacher_tok, teacher_model, student)
-        if vision is not None:
-            try:
-                vision.check_compatible(teacher_model.config, "teacher")
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        teacher = TeacherScorer(teacher_model.to(accelerator.device), pad_token_id=tokenizer.pad_token_id,
-                                batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
-                                vision=vision)
+        teacher = build_teacher(config, teacher_path, tokenizer, student=student, vision=vision,
+                                device=accelerator.device, load_model=load_model, load_tokenizer=load_tokenizer,
+                                teacher_dtype=low_dtype)
     student = student.to(accelerator.device)
     optimizer = make_optimizer(student, config)
     per_step = config.train.mini_batches
@@ -304,6 +323,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
             final = trainer.train(resume=resume)
     finally:
         sandbox.close()
+        if teacher is not None:
+            teacher.close()
     if accelerator.is_main_process:
         _print_summary(config.output_dir, final)
     return 0
@@ -317,7 +338,7 @@ def check_processes(config: TrainConfig) -> None:
     from .train_config import check_batch_shape
 
     try:
-        check_batch_shape(config, PartialState(cpu=not torch.cuda.is_available()).num_processes)
+        check_batch_shape(config, PartialState(cpu=run_device(config).type == "cpu").num_processes)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -364,22 +385,56 @@ def make_optimizer(student: Any, config: TrainConfig) -> Any:
     return bitsandbytes.optim.AdamW8bit(student.parameters(), **kwargs)
 
 
-def eval_command(config: TrainConfig, *, cache_dir: Path) -> int:
-    from .evaluation import evaluate
+def fit_eval_to_split(config: TrainConfig, make_eval_env: Any, *, log: Any) -> TrainConfig:
+    """``config`` with ``eval.num_problems`` cut to the size of the environment's eval split,
+    saying so once through ``log`` when it is cut (an environment without ``num_items``, or
+    whose split is large enough, leaves it as it is)."""
+    env = make_eval_env()
+    try:
+        size = env.num_items()
+    except (AttributeError, NotImplementedError):
+        size = None
+    finally:
+        env.close()
+    wanted = config.eval.num_problems
+    if size is None or wanted <= size:
+        return config
+    name = getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+    log(f"the eval split of {name} holds {size} items, fewer than eval.num_problems={wanted}: evaluating those {size}")
+    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, num_problems=size))
 
+
+def eval_command(config: TrainConfig, *, cache_dir: Path, output_dir: Path | None = None) -> int:
+    """Evaluate the student and print the metrics as JSON on stdout; with ``output_dir``, also
+    write them to ``eval_metrics.json`` and the episodes to ``eval_trajectories.jsonl`` there."""
+    from .evaluation import evaluate
+    from .trajectory_io import write_trajectories
+
+    if output_dir is not None:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--output-dir {output_dir}: {exc.strerror or exc}") from None
     avoid_cudnn_attention()
     sandbox = build_sandbox(config)
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False, sandbox=sandbox)
     tokenizer = load_tokenizer(student_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = run_device(config)
     _, low, _ = model_dtypes(config)
     model = load_model(student_path, dtype=low, role="student").to(device)
     vision = load_vision(model, student_path, config)
     engine = rollout_engine(model, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path)
-    metrics, _ = evaluate(engine, make_env_factory(config, sandbox, "eval"), list(range(config.eval.num_problems)),
-                          samples=config.eval.samples, greedy=config.eval.greedy,
-                          batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)
-    print(json.dumps({"model": student_path, **metrics}, indent=2))
+    make_eval_env = make_env_factory(config, sandbox, "eval")
+    config = fit_eval_to_split(config, make_eval_env, log=_note)
+    metrics, trajectories = evaluate(engine, make_eval_env, list(range(config.eval.num_problems)),
+                                     samples=config.eval.samples, greedy=config.eval.greedy,
+                                     batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)
+    report = json.dumps({"model": student_path, **metrics}, indent=2)
+    print(report)
+    if output_dir is not None:
+        (output_dir / "eval_metrics.json").write_text(report + "\n")
+        write_trajectories(output_dir / "eval_trajectories.jsonl", trajectories, append=False)
+        _note(f"wrote eval_metrics.json and eval_trajectories.jsonl ({len(trajectories)} episodes) to {output_dir}")
     sandbox.close()
     return 0
 
@@ -392,14 +447,19 @@ def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir:
     check_writable(config.output_dir)  # a file, a read-only place: one line now, not after training
     student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False)
     tokenizer = load_tokenizer(student_path)
-    model = load_model(student_path, dtype=torch.float32, role="student")
+    _, low, _ = model_dtypes(config)
+    if low == torch.float16:
+        raise UsageError("sft trains in float32 or bfloat16 (autocast); float16 needs loss scaling, which it does "
+                         "not do: use --bf16 or --fp32")
+    model = load_model(student_path, dtype=torch.float32, role="student").to(run_device(config))
     vision = load_vision(model, student_path, config)
     if data is not None:
         conversations = _conversations_from_file(data)
     else:
         conversations = gold_conversations(config.task.name, count=2000, seed=config.train.seed)
     examples = _tokenize_all(tokenizer, conversations, vision)
-    sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10))
+    sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10),
+                           autocast_dtype="bfloat16" if low == torch.bfloat16 else None)
     loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id, vision=vision,
                             on_step=lambda s, l: _log(f"sft step {s + 1}/{steps} loss {l:.4f}") if (s + 1) % 50 == 0 else None)
     out = Path(config.output_dir)
@@ -475,6 +535,11 @@ def _print_summary(run_dir: str, final: dict[str, float]) -> None:
 
 def _log(message: str) -> None:
     print(message, flush=True)
+
+
+def _note(message: str) -> None:
+    """A line for the user on stderr, where it cannot mix with a command's JSON on stdout."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _first_line(exc: BaseException) -> str:

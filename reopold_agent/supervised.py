@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -39,6 +39,9 @@ class SupervisedConfig:
     stop_after: int | None = None
     """Stop after this many steps of the schedule planned for ``steps`` (a model caught part-way
     through its training, e.g. an embedded student); None runs all ``steps``."""
+    autocast_dtype: Literal["bfloat16"] | None = None
+    """Mixed precision: the forward pass and loss run under ``torch.autocast`` in this dtype;
+    parameters, gradients and optimiser state stay in the model's dtype. None: no autocast."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -139,9 +142,10 @@ class SupervisedRun:
             ids, attn = ids.to(self.device), attn.to(self.device)
             extra = (self.vision.forward_inputs([x.pixel_inputs for x in batch], ids, attn)
                      if self.vision is not None else None)
-            logp, _ = sequence_logprobs(self.model, ids, attn, extra_inputs=extra)
-            loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(self.device)), step=self.step,
-                                    config=SftConfig())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast_dtype is not None):
+                logp, _ = sequence_logprobs(self.model, ids, attn, extra_inputs=extra)
+                loss, _ = sft_objective(ObjectiveInputs(logprobs=logp, loss_mask=mask.to(self.device)),
+                                        step=self.step, config=SftConfig())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()

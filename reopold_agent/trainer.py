@@ -28,14 +28,14 @@ from .behaviour import mismatch_stats, record_recomputed, recompute_behaviour, t
 from .checkpoint import CheckpointError, latest_checkpoint, load_newest_loadable, save_checkpoint, set_aside
 from .cross_process import EngineUpdate
 from .data_order import train_item_index
-from .evaluation import evaluate
+from .parallel_evaluation import evaluate_in_parallel
 from .interruption import TrainingInterrupted
 from .policy_update import policy_update
 from .rollout.engine import EpisodeRequest, RolloutEngine
 from .run_directory import RunDirectoryError, describe_os_error
 from .run_logging import RunLogger, is_evaluation_record
 from .sequence_scoring import SequenceScorer
-from .teacher import TeacherScorer
+from .teacher_scoring import TeacherBackend, TeacherError
 from .train_config import TrainConfig, check_batch_shape
 from .trajectory import Trajectory
 from .trajectory_io import trajectory_from_json, trajectory_to_json
@@ -52,8 +52,9 @@ class TrainerParts:
     optimizer: Any
     scheduler: Any
     engine: RolloutEngine
-    teacher: TeacherScorer | None
-    """None only for objectives that need no teacher (``grpo``)."""
+    teacher: TeacherBackend | None
+    """Scores the trajectories (``hf``, ``vllm`` or ``server`` backend); None only for objectives
+    that need no teacher (``grpo``)."""
     make_train_env: Callable[[], Any]
     make_eval_env: Callable[[], Any]
     logger: RunLogger
@@ -130,6 +131,9 @@ class Trainer:
         except RunDirectoryError as exc:  # a full disk: say what is safe
             parts.logger.close()
             raise RunDirectoryError(f"{exc}; {self._checkpoint_note()}") from None
+        except TeacherError as exc:  # scoring comes before the update: nothing of the step was written
+            parts.logger.close()
+            raise type(exc)(f"{exc}; step {self._completed} was not applied, {self._checkpoint_note()}") from None
         parts.logger.close()
         return metrics
 
@@ -180,8 +184,7 @@ class Trainer:
             trajectories = self._rollout(step)
         self._rollout_engine.backend.sleep()  # a GPU engine frees its memory for scoring and update
         t1 = time.perf_counter()
-        if parts.teacher is not None:
-            parts.teacher.score(trajectories)
+        teacher_call = parts.teacher.score(trajectories) if parts.teacher is not None else None
         t2 = time.perf_counter()
         batch = collate(trajectories, pad_token_id=parts.tokenizer.pad_token_id,
                         require_teacher=parts.teacher is not None)
@@ -206,6 +209,8 @@ class Trainer:
             model_tokens = sum(t.num_model_tokens for t in everyone)
             if behaviour:
                 metrics["time/recompute_s"] = t_recompute
+            if teacher_call is not None:  # this process's scoring: seconds, tokens/s, re-sent requests
+                metrics.update(teacher_call.metrics())
             metrics.update({
                 "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2 - t_recompute,
                 "time/step_s": t3 - t0, "throughput/model_tokens_per_s": model_tokens / max(t3 - t0, 1e-9),
@@ -282,12 +287,16 @@ class Trainer:
         return self.parts.teacher_engine
 
     def _evaluate(self, step: int, *, engine: RolloutEngine | None = None, prefix: str = "eval/") -> dict[str, float]:
+        """Every process plays its share of the eval problems; all get the combined metrics, the
+        main process logs them with every process's trajectories."""
         cfg, parts = self.config, self.parts
-        if cfg.eval.num_problems <= 0 or not parts.accelerator.is_main_process:
+        if cfg.eval.num_problems <= 0:
             return {}
         with parts.accelerator.autocast():  # the policy as it is trained and sampled
-            metrics, trajs = evaluate(
+            metrics, trajs = evaluate_in_parallel(
                 engine or parts.engine, parts.make_eval_env, list(range(cfg.eval.num_problems)),
+                accelerator=parts.accelerator,
+                store_images=lambda own: save_trajectory_images(parts.logger.run_dir, own),
                 samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
                 seed=cfg.train.seed + 7, step=step,
             )
@@ -296,8 +305,9 @@ class Trainer:
             name = f"eval_teacher_{step:06d}"
         else:
             name = f"eval_{step:06d}"
-        parts.logger.log_trajectories(name, trajs)
-        parts.logger.log_metrics(step, metrics)
+        if parts.accelerator.is_main_process:
+            parts.logger.log_trajectories(name, trajs)
+            parts.logger.log_metrics(step, metrics)
         self.on_step(step, metrics)
         return metrics
 

@@ -129,7 +129,7 @@ def test_bad_input_exits_2_with_one_line(tiny_models, tmp_path, capsys):
         (["train", "--config", str(tmp_path / "missing.yaml")], "config file not found"),
         (["train", "--task", "nope"], "no preset for task 'nope'"),
         (["train", "--task", "code"], "has no embedded default models"),
-        (["train", "--student", str(tmp_path / "no_model"), "--teacher", str(tiny_models[1])], "cannot load tokenizer"),
+        (["train", "--student", str(tmp_path / "no_model"), "--teacher", str(tiny_models[1])], "model.student: no such folder"),
         (["train", "--env", "no_such_module:Env-v0", "--student", str(tiny_models[0]), "--teacher",
           str(tiny_models[1]), "--output-dir", str(tmp_path / "x")], "cannot make environment"),
     ]
