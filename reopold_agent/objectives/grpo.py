@@ -11,14 +11,13 @@ Method section 5. Choices (GRPO variants differ; these are the defaults here):
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .config import GrpoConfig
-from .diagnostics import masked_mean, to_floats, token_stats
+from .diagnostics import masked_mean, to_floats
 from .inputs import ObjectiveInputs
 from .masks import valid_mask, zero_invalid
-from .surrogate import clipped_surrogate, masked_loss, policy_ratio
+from .surrogate import surrogate_loss
 
 __all__ = ["group_advantages", "grpo_objective"]
 
@@ -72,15 +71,6 @@ def grpo_objective(batch: ObjectiveInputs, *, step: int,
     adv_B = batch.require("advantages", "grpo").detach()
     adv_BT = zero_invalid(adv_B.unsqueeze(1).expand_as(batch.logprobs), valid_BT)
     logp_BT = zero_invalid(batch.logprobs, valid_BT)
-    old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
-    rho_BT = policy_ratio(logp_BT, old_BT)
-    objective_BT, clipped_BT = clipped_surrogate(rho_BT, adv_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, valid_BT, batch.normalizer, batch.token_weights)
-    with torch.no_grad():
-        entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
-        stats = {
-            "objective/loss": loss.detach(),
-            **token_stats(valid_BT, valid_BT, rho_BT, clipped_BT, entropy_BT),
-            "objective/advantage_mean": masked_mean(adv_BT, valid_BT),
-        }
+    loss, stats = surrogate_loss(batch, logp_BT, adv_BT, valid_BT, valid_BT, config.ratio_clip)
+    stats["objective/advantage_mean"] = masked_mean(adv_BT, valid_BT)
     return loss, to_floats(stats)

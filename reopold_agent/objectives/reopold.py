@@ -39,10 +39,10 @@ from torch import Tensor
 
 from .config import ReopoldConfig
 from . import masks
-from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats, token_stats
+from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats
 from .inputs import ObjectiveInputs
 from .masks import valid_mask, zero_invalid
-from .surrogate import clipped_surrogate, masked_loss, policy_ratio
+from .surrogate import surrogate_loss
 
 __all__ = ["reopold_objective", "reopold_loss", "reopold_keep_mask", "selected_token_count"]
 
@@ -126,17 +126,12 @@ def reopold_objective(batch: ObjectiveInputs, *, step: int,
     valid_BT = valid_mask(batch.loss_mask)
     logp_BT, reward_BT = _rewards(batch, valid_BT)
     keep_BT, tau = _keep_mask(batch, valid_BT, reward_BT, step, config)
-    old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
-    rho_BT = policy_ratio(logp_BT, old_BT)
     reward_hat_BT = reward_BT.clamp_min(config.floor)
-    objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_hat_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, keep_BT, batch.normalizer, batch.token_weights)
+    loss, shared = surrogate_loss(batch, logp_BT, reward_hat_BT, valid_BT, keep_BT, config.ratio_clip)
     with torch.no_grad():
-        entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
         stats = {
-            "objective/loss": loss.detach(),
+            **shared,
             "objective/phase": float(config.is_refinement(step)),
-            **token_stats(valid_BT, keep_BT, rho_BT, clipped_BT, entropy_BT),
             "objective/below_floor_frac": masked_mean(
                 (reward_BT < config.floor).to(reward_BT.dtype), valid_BT),
             "objective/reward_mean": masked_mean(reward_BT, valid_BT),

@@ -25,10 +25,10 @@ import torch
 from torch import Tensor
 
 from .config import RklConfig
-from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats, token_stats
+from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats
 from .inputs import ObjectiveInputs
 from .masks import valid_mask, zero_invalid
-from .surrogate import clipped_surrogate, masked_loss, policy_ratio
+from .surrogate import surrogate_loss
 
 __all__ = ["rkl_objective", "rkl_sg_objective"]
 
@@ -40,21 +40,13 @@ def _rkl(batch: ObjectiveInputs, config: RklConfig, name: str,
     valid_BT = valid_mask(batch.loss_mask)
     logp_BT = zero_invalid(batch.logprobs, valid_BT)
     teacher_BT = zero_invalid(batch.require("teacher_logprobs", name), valid_BT).detach()
-    old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
     reward_BT = teacher_BT - logp_BT
     if stop_gradient:
         reward_BT = reward_BT.detach()
-    rho_BT = policy_ratio(logp_BT, old_BT)
-    objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_BT, config.ratio_clip)
-    loss = masked_loss(objective_BT, valid_BT, batch.normalizer, batch.token_weights)
+    loss, stats = surrogate_loss(batch, logp_BT, reward_BT, valid_BT, valid_BT, config.ratio_clip)
     with torch.no_grad():
-        entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
-        stats = {
-            "objective/loss": loss.detach(),
-            **token_stats(valid_BT, valid_BT, rho_BT, clipped_BT, entropy_BT),
-            "objective/reward_mean": masked_mean(reward_BT, valid_BT),
-            **nearest_rank_percentiles(reward_BT.detach()[valid_BT], "objective/reward"),
-        }
+        stats["objective/reward_mean"] = masked_mean(reward_BT, valid_BT)
+        stats.update(nearest_rank_percentiles(reward_BT.detach()[valid_BT], "objective/reward"))
     return loss, to_floats(stats)
 
 

@@ -1,4 +1,8 @@
-"""Importance-weighted surrogate pieces shared by the objectives: ratio, PPO clip, reduction."""
+"""Importance-weighted surrogate shared by the objectives: ratio, PPO clip, reduction, stats.
+
+:func:`surrogate_loss` is the whole block every ratio-weighted objective runs (REOPOLD, RKL,
+GRPO); the pieces it is built from are public for objectives that need only some of them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["policy_ratio", "clipped_surrogate", "masked_loss"]
+from .diagnostics import token_stats
+from .inputs import ObjectiveInputs
+from .masks import zero_invalid
+
+__all__ = ["policy_ratio", "clipped_surrogate", "masked_loss", "surrogate_loss"]
 
 
 def policy_ratio(logp_BT: Tensor, old_logp_BT: Tensor) -> Tensor:
@@ -71,3 +79,36 @@ def masked_loss(objective_BT: Tensor, keep_BT: Tensor,
     else:
         denom = normalizer.detach().to(objective_BT.dtype)
     return -(kept.sum() / denom)
+
+
+def surrogate_loss(batch: ObjectiveInputs, logp_BT: Tensor, reward_BT: Tensor, valid_BT: Tensor,
+                   keep_BT: Tensor, ratio_clip: float | None) -> tuple[Tensor, dict[str, Tensor | float]]:
+    """Loss = -sum over kept tokens of w * min(rho * A, clip(rho) * A) / N, and the shared stats.
+
+    rho = exp(logp - old_logp) with ``batch.old_logprobs`` (``logp_BT`` when None: on-policy),
+    w = ``batch.token_weights`` and N = ``batch.normalizer`` (``max(sum(keep), 1)`` when None).
+
+    Args:
+        batch: the objective's inputs; reads ``old_logprobs``, ``entropy`` (stats only),
+            ``normalizer`` and ``token_weights``.
+        logp_BT: [B, T] log pi_theta, already 0 at invalid positions; carries the gradient.
+        reward_BT: [B, T] per-token reward or advantage A, finite everywhere (a gradient through
+            it flows into the loss, as vanilla RKL wants).
+        valid_BT: [B, T] bool valid tokens.
+        keep_BT: [B, T] bool tokens in the loss, a subset of ``valid_BT``.
+        ratio_clip: None for ``rho * A``; eps for the pessimistic PPO clip.
+
+    Returns:
+        ``(loss, stats)``: the 0-dim loss and ``objective/loss`` followed by
+        :func:`~.diagnostics.token_stats` (0-dim tensors or floats; pass the objective's full
+        dict through ``to_floats``).
+    """
+    old_BT = logp_BT if batch.old_logprobs is None else zero_invalid(batch.old_logprobs, valid_BT)
+    rho_BT = policy_ratio(logp_BT, old_BT)
+    objective_BT, clipped_BT = clipped_surrogate(rho_BT, reward_BT, ratio_clip)
+    loss = masked_loss(objective_BT, keep_BT, batch.normalizer, batch.token_weights)
+    with torch.no_grad():
+        entropy_BT = None if batch.entropy is None else zero_invalid(batch.entropy, valid_BT)
+        stats = {"objective/loss": loss.detach(),
+                 **token_stats(valid_BT, keep_BT, rho_BT, clipped_BT, entropy_BT)}
+    return loss, stats
