@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(ev)
     ev.add_argument("--num-problems", type=int, help="held-out problems (default from the preset)")
     ev.add_argument("--samples", type=int, help="sampled attempts per problem (k)")
+    ev.add_argument("--with-teacher", action="store_true",
+                    help="evaluate the teacher too, on the same problems and settings")
 
     compare = sub.add_parser("compare", help="train objectives x seeds at equal rollouts and tabulate them")
     _add_compare_flags(compare)
@@ -130,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)  # flags, configuration and paths first: no torch imported yet
         from .preflight import check_inputs
 
-        check_inputs(config, command=args.command, data=getattr(args, "data", None))
-        from .commands import eval_command, quiet_transformers, sft_command, train_command
+        check_inputs(config, command=args.command, data=getattr(args, "data", None),
+                     teacher=getattr(args, "with_teacher", False))
+        from .commands import quiet_transformers, sft_command, train_command
+        from .eval_command import eval_command
 
         quiet_transformers()
         if args.command == "train":
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sft":
             return sft_command(config, steps=args.steps, data=args.data, cache_dir=default_cache_dir())
         return eval_command(config, cache_dir=default_cache_dir(),
-                            output_dir=Path(args.output_dir) if args.output_dir is not None else None)
+                            output_dir=Path(args.output_dir) if args.output_dir is not None else None,
+                            with_teacher=args.with_teacher)
     except (ConfigError, UsageError, RunDirectoryError) as exc:
         print(f"reopold-agent {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

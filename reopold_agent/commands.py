@@ -404,41 +404,6 @@ def fit_eval_to_split(config: TrainConfig, make_eval_env: Any, *, log: Any) -> T
     return dataclasses.replace(config, eval=dataclasses.replace(config.eval, num_problems=size))
 
 
-def eval_command(config: TrainConfig, *, cache_dir: Path, output_dir: Path | None = None) -> int:
-    """Evaluate the student and print the metrics as JSON on stdout; with ``output_dir``, also
-    write them to ``eval_metrics.json`` and the episodes to ``eval_trajectories.jsonl`` there."""
-    from .evaluation import evaluate
-    from .trajectory_io import write_trajectories
-
-    if output_dir is not None:
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--output-dir {output_dir}: {exc.strerror or exc}") from None
-    avoid_cudnn_attention()
-    sandbox = build_sandbox(config)
-    student_path, _ = resolve_model_paths(config, cache_dir, need_teacher=False, sandbox=sandbox)
-    tokenizer = load_tokenizer(student_path)
-    device = run_device(config)
-    _, low, _ = model_dtypes(config)
-    model = load_model(student_path, dtype=low, role="student").to(device)
-    vision = load_vision(model, student_path, config)
-    engine = rollout_engine(model, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path)
-    make_eval_env = make_env_factory(config, sandbox, "eval")
-    config = fit_eval_to_split(config, make_eval_env, log=_note)
-    metrics, trajectories = evaluate(engine, make_eval_env, list(range(config.eval.num_problems)),
-                                     samples=config.eval.samples, greedy=config.eval.greedy,
-                                     batch_episodes=config.eval.batch_episodes, seed=config.train.seed + 7)
-    report = json.dumps({"model": student_path, **metrics}, indent=2)
-    print(report)
-    if output_dir is not None:
-        (output_dir / "eval_metrics.json").write_text(report + "\n")
-        write_trajectories(output_dir / "eval_trajectories.jsonl", trajectories, append=False)
-        _note(f"wrote eval_metrics.json and eval_trajectories.jsonl ({len(trajectories)} episodes) to {output_dir}")
-    sandbox.close()
-    return 0
-
-
 def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
     from .embedded import gold_conversations
     from .run_directory import RunDirectoryError, check_writable, describe_os_error

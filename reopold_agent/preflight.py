@@ -17,16 +17,17 @@ from .cli import UsageError
 from .train_config import TrainConfig
 
 
-def check_inputs(config: TrainConfig, *, command: str, data: str | None = None) -> None:
+def check_inputs(config: TrainConfig, *, command: str, data: str | None = None, teacher: bool = False) -> None:
     """Check what ``command`` (``train``, ``sft`` or ``eval``) will read, in order: the models
-    named in the configuration, the ``--data`` file, and the ``--env`` module.
+    named in the configuration (the teacher for ``train`` and with ``teacher``), the ``--data``
+    file, and the ``--env`` module.
 
     Raises:
         UsageError: a model folder or data file that does not exist, or an ``--env`` module
             that cannot be imported.
     """
     check_model_path(config.model.student, "model.student")
-    if command == "train" and config.objective.name != "grpo":
+    if teacher or (command == "train" and config.objective.name != "grpo"):
         check_model_path(config.model.teacher, "model.teacher")
     if data is not None:
         check_file(data, "--data")

@@ -175,3 +175,37 @@ def test_eval_output_dir_that_is_a_file_is_one_line(models, tmp_path, capsys):
     assert main(["eval", "--student", str(models[0]), "--num-problems", "1", "--output-dir", str(blocker)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"--output-dir {blocker}:" in err and len(err.splitlines()) == 1, err
+
+
+def test_eval_with_teacher_writes_both_test_time_scaling_curves(models, tmp_path, capsys):
+    """``eval --with-teacher --samples 4``: the teacher plays the same problems; the table holds
+    pass@k and maj@k for k = 1, 2, 4 of both models, and their cost grows with k."""
+    import csv
+
+    out = tmp_path / "eval_out"
+    assert main(["eval", "--task", "tool_math", "--student", str(models[0]), "--teacher", str(models[1]),
+                 "--with-teacher", "--num-problems", "2", "--samples", "4", "--set", "rollout.max_turn_tokens=8",
+                 "--output-dir", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == str(models[0]) and report["teacher"]["model"] == str(models[1])
+    assert report["teacher"]["eval/num_problems"] == 2.0 and "eval/pass@4" in report["teacher"]
+    with (out / "test_time_scaling.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["k"]) for r in rows] == [("student", "1"), ("student", "2"), ("student", "4"),
+                                                    ("teacher", "1"), ("teacher", "2"), ("teacher", "4")]
+    for model in ("student", "teacher"):
+        mine = [r for r in rows if r["model"] == model]
+        assert float(mine[0]["pass@k"]) == pytest.approx(report.get("teacher", report)["eval/pass@1"]
+                                                        if model == "teacher" else report["eval/pass@1"])
+        tokens = [float(r["tokens_per_problem"]) for r in mine]
+        assert tokens == sorted(tokens) and tokens[-1] == pytest.approx(4 * tokens[0], rel=0.02)  # rounded to 0.1
+    assert (out / "test_time_scaling.md").read_text().startswith("| model | k |")
+    assert (out / "test_time_scaling.png").stat().st_size > 0
+    lines = (out / "eval_trajectories.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * (2 + 2 * 4)  # both models: 2 greedy and 8 sampled episodes
+
+
+def test_eval_with_teacher_checks_the_teacher_folder_first(models, tmp_path, capsys):
+    assert main(["eval", "--student", str(models[0]), "--teacher", str(tmp_path / "gone"), "--with-teacher",
+                 "--num-problems", "1"]) == 2
+    assert f"model.teacher: no such folder: {tmp_path / 'gone'}" in capsys.readouterr().err
