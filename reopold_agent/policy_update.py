@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import Tensor
 
+from .activation_checkpointing import checkpointing_in_effect
 from .batching import TrainBatch
 from .objectives import ObjectiveInputs, entropy_threshold, get_objective, selected_token_count
 from .sequence_scoring import as_scorer
@@ -65,6 +66,8 @@ def policy_update(
     but the last of each mini-batch, so gradients cross processes once per optimiser step.
     ``vision`` (a :class:`~reopold_agent.vision.VisionProcessor`) builds the pixel inputs and 3D
     positions of each micro-batch for a vision-language student; None for text students.
+    Layers with activation checkpointing switched on recompute their activations in backward
+    (:func:`~reopold_agent.activation_checkpointing.checkpointing_in_effect`).
 
     Raises:
         ValueError: ``batch`` has fewer rows than ``optim.mini_batches`` or a number of rows
@@ -77,25 +80,26 @@ def policy_update(
     mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
     totals: dict[str, list[float]] = defaultdict(list)
     step_scope = _scope_values(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
-    for mini_rows in mini_batches:
-        mini = batch.select(mini_rows)
-        if settings.entropy_source == "current":
-            mini.behaviour_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
-                                                         vision)
-        tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
-        micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
-        for index, micro_rows in enumerate(micro_batches):
-            last = index == len(micro_batches) - 1
-            with contextlib.nullcontext() if last else no_sync():
-                loss, stats = _micro_loss(scorer, fn, config, mini.select(micro_rows).to(device), step=step, tau=tau,
-                                          norm=norm, chunk_rows=chunk_rows, vision=vision)
-                backward(loss)
-            for key, value in stats.items():
-                totals[key].append(value)
-        totals["train/grad_norm"].append(float(clip_grad(optim.grad_clip)))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with checkpointing_in_effect(scorer):
+        for mini_rows in mini_batches:
+            mini = batch.select(mini_rows)
+            if settings.entropy_source == "current":
+                mini.behaviour_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
+                                                             vision)
+            tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
+            micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
+            for index, micro_rows in enumerate(micro_batches):
+                last = index == len(micro_batches) - 1
+                with contextlib.nullcontext() if last else no_sync():
+                    loss, stats = _micro_loss(scorer, fn, config, mini.select(micro_rows).to(device), step=step,
+                                              tau=tau, norm=norm, chunk_rows=chunk_rows, vision=vision)
+                    backward(loss)
+                for key, value in stats.items():
+                    totals[key].append(value)
+            totals["train/grad_norm"].append(float(clip_grad(optim.grad_clip)))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
     return _step_stats(totals, optim.mini_batches, float(scheduler.get_last_lr()[0]))
 
 
