@@ -42,6 +42,8 @@ class ToolOutput:
     error_kind: str | None = None
     """Short failure label counted in ``info["error_kinds"]`` (e.g. ``python_error``);
     None when the call succeeded."""
+    queue_wait_s: float = 0.0
+    """Seconds the call waited for a free sandbox worker (part of its wall limit)."""
 
 
 def _type_ok(value: Any, json_type: str | list[str]) -> bool:
@@ -149,7 +151,8 @@ class Tool(abc.ABC):
 
 
 def format_sandbox_result(stdout: str, stderr: str, exit_code: int | None,
-                          limit: SandboxLimit, duration_s: float) -> ToolOutput:
+                          limit: SandboxLimit, duration_s: float,
+                          queue_wait_s: float = 0.0) -> ToolOutput:
     """Turn a sandbox result into what the model sees.
 
     Args:
@@ -157,26 +160,34 @@ def format_sandbox_result(stdout: str, stderr: str, exit_code: int | None,
         stderr: program error output (traceback on failure).
         exit_code: process exit status (None if it never started).
         limit: the limit that stopped it, or ``SandboxLimit.NONE``.
-        duration_s: wall-clock seconds.
+        duration_s: wall-clock seconds the program ran.
+        queue_wait_s: seconds the call waited for a free sandbox worker first.
 
     Returns:
         Successful runs: stdout with trailing whitespace removed (plus stderr, if any, after a
         ``stderr:`` line); failures add the error and set ``error_kind`` to ``python_error``
-        or ``sandbox_<limit>``.
+        or ``sandbox_<limit>``. A limit note counts the wait in the elapsed time and names
+        it when it was a tenth of a second or more. ``queue_wait_s`` is passed on.
     """
     out = stdout.rstrip()
     err = stderr.rstrip()
     if limit is not SandboxLimit.NONE:
         label = limit.value.replace("_", " ")
-        note = f"Execution stopped: {label} limit hit after {duration_s:.1f} s."
+        waited = f" ({queue_wait_s:.1f} s of it waiting for a free sandbox worker)" \
+            if queue_wait_s >= 0.1 else ""
+        note = (f"Execution stopped: {label} limit hit after "
+                f"{duration_s + queue_wait_s:.1f} s{waited}.")
         text = "\n".join(p for p in (out, err, note) if p)
-        return ToolOutput(text=text, error_kind=f"sandbox_{limit.value}")
+        return ToolOutput(text=text, error_kind=f"sandbox_{limit.value}",
+                          queue_wait_s=queue_wait_s)
     if exit_code != 0:
         text = "\n".join(p for p in (out, err or f"exit code {exit_code}") if p)
-        return ToolOutput(text=text, error_kind="python_error")
+        return ToolOutput(text=text, error_kind="python_error", queue_wait_s=queue_wait_s)
     if not out and not err:
-        return ToolOutput(text="(no output; print() the values you need)")
-    return ToolOutput(text=out + (f"\nstderr:\n{err}" if err else ""))
+        return ToolOutput(text="(no output; print() the values you need)",
+                          queue_wait_s=queue_wait_s)
+    return ToolOutput(text=out + (f"\nstderr:\n{err}" if err else ""),
+                      queue_wait_s=queue_wait_s)
 
 
 def sandbox_or_default(sandbox: Sandbox | None, env_id: str) -> tuple[Sandbox, bool]:
@@ -219,4 +230,4 @@ class PythonTool(Tool):
             return ToolOutput(text="no sandbox is configured", error_kind="no_sandbox")
         result = self.sandbox.run(code, timeout_s=self.timeout_s)
         return format_sandbox_result(result.stdout, result.stderr, result.exit_code,
-                                     result.limit, result.duration_s)
+                                     result.limit, result.duration_s, result.queue_wait_s)

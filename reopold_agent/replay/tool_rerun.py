@@ -111,7 +111,8 @@ def rerun_tool_call(call: ToolCallView, sandbox: Sandbox, *, timeout_s: float | 
         res = sandbox.run(code, timeout_s=timeout_s)
     except Exception as exc:  # sandbox unavailable here: report, do not crash the viewer
         return RerunResult(call, False, None, f"sandbox failed: {type(exc).__name__}: {exc}")
-    out = format_sandbox_result(res.stdout, res.stderr, res.exit_code, res.limit, res.duration_s)
+    out = format_sandbox_result(res.stdout, res.stderr, res.exit_code, res.limit, res.duration_s,
+                                res.queue_wait_s)
     text = truncate_output(out.text, max_output_chars)
     recorded = call.output
     if recorded is None:

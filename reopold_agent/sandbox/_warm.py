@@ -11,7 +11,7 @@ namespaces die with it) and never reused; its execution is reported as a failure
 
 :class:`WarmPool` lends workers to threads: it starts them lazily up to ``size``, replaces
 dead ones, and makes callers wait when all are busy (a program that sleeps until its
-timeout holds its worker that long).
+timeout holds its worker that long); a caller waits at most until its own deadline.
 
 Isolation, compared with spawning per execution (``local.py``). The server keeps its
 privileges inside its namespaces (like the spawn path's launcher, but for the worker's
@@ -66,6 +66,10 @@ _MAX_MESSAGE = 4096
 
 class WorkerError(RuntimeError):
     """A warm worker could not start or stopped following the protocol."""
+
+
+class NoFreeWorker(TimeoutError):
+    """Every worker stayed busy until the caller's deadline."""
 
 
 class _Fds:
@@ -244,10 +248,16 @@ class WarmPool:
         self._closed = False
         self._cond = threading.Condition()
 
-    def borrow(self) -> WarmWorker:
+    def borrow(self, deadline: float | None = None) -> WarmWorker:
         """Take an idle worker, start one if fewer than ``size`` exist, or wait.
 
+        Args:
+            deadline: ``time.monotonic()`` after which to stop waiting for a busy worker to
+                come back; None waits as long as it takes. Starting a new worker is not
+                interrupted by it.
+
         Raises:
+            NoFreeWorker: every worker was still busy at ``deadline``.
             WorkerError: a new worker could not start.
             RuntimeError: the pool is closed.
         """
@@ -265,7 +275,10 @@ class WarmPool:
                 if self._live < self._size:
                     self._live += 1
                     break
-                self._cond.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise NoFreeWorker(f"all {self._size} sandbox workers were busy")
+                self._cond.wait(left)
         try:
             return self._factory()
         except BaseException:

@@ -42,9 +42,13 @@ class SandboxResult:
     limit: SandboxLimit
     """The limit that fired, or SandboxLimit.NONE."""
     duration_s: float
-    """Wall-clock seconds from start to the end of the process tree."""
+    """Wall-clock seconds from the program's start to the end of its process tree."""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    queue_wait_s: float = 0.0
+    """Seconds the call waited for a free worker before the program started; they count
+    against the wall limit, so ``queue_wait_s + duration_s`` stays within it (plus the time
+    to stop the program)."""
 
     @property
     def ok(self) -> bool:
@@ -61,7 +65,8 @@ class Sandbox(abc.ABC):
         Args:
             code: Python source to execute as ``__main__``.
             stdin: text fed to the program's standard input.
-            timeout_s: wall-clock limit overriding the configured default.
+            timeout_s: wall-clock limit overriding the configured default, counted from
+                this call (time spent waiting for a free worker is part of it).
         """
 
     def close(self) -> None:  # pragma: no cover - backends with resources override

@@ -58,7 +58,8 @@ class SandboxConfig:
     """Local backend: long-lived isolated workers that fork each program from a warm
     interpreter (several times the throughput of one ``unshare`` per execution; see
     ``local.py`` for what executions of one worker share). 0 spawns fresh namespaces and a
-    fresh interpreter per execution. More concurrent runs than workers wait for one."""
+    fresh interpreter per execution. More concurrent runs than workers wait for one; the
+    wait counts against their wall limit."""
     allow_unisolated: bool = False
     """If namespaces are unavailable, run anyway with only rlimits, timeout and a temp dir.
     UNSAFE: the code can then read and write whatever the calling user can, and reach the

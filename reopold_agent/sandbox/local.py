@@ -41,7 +41,9 @@ every execution), the same rlimits and the same privilege drop (as root: a pool 
 execution). Every process of an execution is killed before its result is reported. What
 executions of one worker share, and what forking without ``exec`` means for a program: see
 ``_warm.py``. If the warm self-test fails, the sandbox logs a warning and spawns per
-execution (``warm`` is then False).
+execution (``warm`` is then False). A call's wall limit counts from the call: waiting for a
+busy worker uses it up (``SandboxResult.queue_wait_s``), and a call that waited all of it
+returns a WALL_TIMEOUT result without running.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reopold_agent.sandbox._pump import Channels, PumpOutcome, kill_tree, pump
-from reopold_agent.sandbox._warm import WarmPool, WarmWorker, WorkerError
+from reopold_agent.sandbox._warm import NoFreeWorker, WarmPool, WarmWorker, WorkerError
 from reopold_agent.sandbox._verdict import PROBE_CODE, build_result, probe_failure
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
 from reopold_agent.sandbox.config import SandboxConfig
@@ -135,6 +138,28 @@ def probe_isolation(sandbox: LocalSandbox) -> None:
     problem = probe_failure(result, expect_root_inside=sandbox.user_namespace)
     if problem:
         raise SandboxUnavailable(problem)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """When one ``run`` call began and how long it may take in all."""
+
+    start: float
+    """``time.monotonic()`` at the call."""
+    timeout_s: float
+    """The call's wall limit in seconds, waiting for a worker included."""
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.timeout_s
+
+    def ran_out(self, what: str) -> SandboxResult:
+        """The result of a call whose wall limit ran out before its program started."""
+        waited = time.monotonic() - self.start
+        return SandboxResult(
+            stdout="", stderr=f"the program did not run: {what} its whole wall limit of "
+            f"{self.timeout_s:g} s\n", exit_code=None, limit=SandboxLimit.WALL_TIMEOUT,
+            duration_s=0.0, queue_wait_s=waited)
 
 
 def _not_started(why: object, start: float) -> SandboxResult:
@@ -232,7 +257,10 @@ class LocalSandbox(Sandbox):
         Args:
             code: Python source.
             stdin: text fed to standard input.
-            timeout_s: wall-clock limit in seconds; None uses ``config.timeout_s``.
+            timeout_s: wall-clock limit in seconds; None uses ``config.timeout_s``. It counts
+                from this call: time spent waiting for a free warm worker is part of it
+                (reported in ``queue_wait_s``), and a call that waited all of it returns a
+                WALL_TIMEOUT result without running the program.
 
         Returns:
             The result; limits that fired are reported in ``limit``, never raised.
@@ -286,39 +314,53 @@ class LocalSandbox(Sandbox):
 
     def _execute_warm(self, pool: WarmPool, code: str, stdin: str, timeout_s: float
                       ) -> SandboxResult:
-        """Run one program on a borrowed warm worker (spawn instead if the pool was closed)."""
+        """Run one program on a borrowed warm worker (spawn instead if the pool was closed).
+
+        The wall limit counts from now: waiting for a free worker uses it up, and a call
+        that waited all of it returns a WALL_TIMEOUT result without running the program.
+        """
+        call = _Call(time.monotonic(), timeout_s)
         uid = 0 if self.user_namespace else self._uids.acquire()
         try:
-            result = self._on_worker(pool, code, stdin.encode("utf-8"), uid, timeout_s)
+            result = self._on_worker(pool, code, stdin.encode("utf-8"), uid, call)
         finally:
             if not self.user_namespace:
                 self._uids.release(uid)
-        return result if result is not None else self._execute(code, stdin, timeout_s,
-                                                                 isolate=True)
+        if result is not None:
+            return result
+        started = time.monotonic()
+        if started >= call.deadline:
+            return call.ran_out("waiting for the closing sandbox used")
+        spawned = self._execute(code, stdin, call.deadline - started, isolate=True)
+        return replace(spawned, queue_wait_s=started - call.start)
 
-    def _on_worker(self, pool: WarmPool, code: str, stdin: bytes, uid: int, timeout_s: float
+    def _on_worker(self, pool: WarmPool, code: str, stdin: bytes, uid: int, call: _Call
                    ) -> SandboxResult | None:
         """One execution on a borrowed worker, on a new one if handing over fails (nothing
         ran then); None if the pool is closed."""
         failure: WorkerError | None = None
         for _ in range(2):
-            start = time.monotonic()
             try:
-                worker = pool.borrow()
+                worker = pool.borrow(call.deadline)
+            except NoFreeWorker as exc:
+                return call.ran_out(f"{exc} for")
             except WorkerError as exc:
-                return _not_started(exc, start)
+                return _not_started(exc, call.start)
             except RuntimeError:  # closed
                 return None
             start = time.monotonic()
             try:
-                out = worker.execute(code, stdin, uid, start + timeout_s,
+                if start >= call.deadline:
+                    return call.ran_out("starting a sandbox worker took")
+                out = worker.execute(code, stdin, uid, call.deadline,
                                      self.config.max_output_bytes)
-                return self._warm_result(out, time.monotonic() - start)
+                result = self._warm_result(out, time.monotonic() - start)
+                return replace(result, queue_wait_s=start - call.start)
             except WorkerError as exc:
                 failure = exc
             finally:
                 pool.give_back(worker)
-        return _not_started(failure, start)
+        return _not_started(failure, call.start)
 
     def _warm_result(self, out: PumpOutcome, duration_s: float) -> SandboxResult:
         if not out.status and not (out.timed_out or out.overflow):

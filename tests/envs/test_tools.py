@@ -70,6 +70,14 @@ def test_format_sandbox_limits(limit):
     assert out.error_kind == f"sandbox_{limit.value}"
 
 
+def test_format_wall_timeout_counts_and_names_the_wait_for_a_worker():
+    out = format_sandbox_result("", "the program did not run\n", None,
+                                SandboxLimit.WALL_TIMEOUT, 0.0, queue_wait_s=2.04)
+    assert out.text == ("the program did not run\nExecution stopped: wall timeout limit hit "
+                        "after 2.0 s (2.0 s of it waiting for a free sandbox worker).")
+    assert out.error_kind == "sandbox_wall_timeout" and out.queue_wait_s == 2.04
+
+
 def test_format_success_with_stderr():
     out = format_sandbox_result("1\n", "warning: x\n", 0, SandboxLimit.NONE, 0.1)
     assert out.text == "1\nstderr:\nwarning: x" and out.error_kind is None

@@ -146,8 +146,41 @@ def test_more_callers_than_workers_wait_for_one(warm):
     elapsed = time.monotonic() - start
     assert all(r.ok for r in results)
     assert all(r.duration_s < 1.0 for r in results)  # waiting is not part of the run
+    assert sum(r.queue_wait_s >= 0.4 for r in results) >= 2  # but it is reported
     assert 1.0 <= elapsed < 3.0, f"4 runs of 0.5 s on 2 workers took {elapsed:.2f} s"
     assert len(sandbox._pool._idle) == 2
+
+
+def test_wall_limit_counts_from_the_call_not_from_a_free_worker(warm):
+    """8 sleepers on 2 workers with a 1.5 s limit: all return by about 1.5 s, not 6 s."""
+    sandbox = warm(warm_workers=2)
+    limit = 1.5
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(
+            lambda _: sandbox.run("import time\ntime.sleep(30)", timeout_s=limit), range(8)))
+    elapsed = time.monotonic() - start
+    assert elapsed < limit + 1.5, f"8 sleepers on 2 workers took {elapsed:.2f} s"
+    assert all(r.limit is SandboxLimit.WALL_TIMEOUT for r in results)
+    assert all(r.queue_wait_s + r.duration_s < limit + 1.0 for r in results)
+    never_ran = [r for r in results if r.exit_code is None]
+    assert len(never_ran) >= 4  # at most 2 ran at first; the rest waited out their limit
+    assert all(r.queue_wait_s >= limit - 0.1 and r.duration_s == 0.0 for r in never_ran)
+    assert "did not run: all 2 sandbox workers were busy" in never_ran[0].stderr
+    assert len(sandbox._pool._idle) == 2
+
+
+def test_a_waiting_call_runs_for_what_is_left_of_its_limit(warm):
+    sandbox = warm()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(sandbox.run, "import time\ntime.sleep(1.0)")
+        time.sleep(0.3)  # the first call holds the only worker
+        second = pool.submit(sandbox.run, "print('ran', flush=True)\nimport time\n"
+                             "time.sleep(30)", timeout_s=1.6).result()
+    assert first.result().ok
+    assert second.limit is SandboxLimit.WALL_TIMEOUT and second.stdout == "ran\n"
+    assert 0.4 <= second.queue_wait_s < 1.0
+    assert second.duration_s < 1.6 - second.queue_wait_s + 0.5
 
 
 def _worker_pid(sandbox: LocalSandbox) -> int:
