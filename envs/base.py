@@ -14,8 +14,9 @@ An episode::
   string, or a list of ``{"type": "image", "image": PIL.Image}`` / ``{"type": "text", "text"}``
   parts). Malformed calls come back as tool messages that say what was wrong. A turn with no
   tool call is the final answer: it is verified, ``reward`` is in [0, 1], ``terminated`` is
-  True and the observation is ``[]``. ``truncated`` is True when the tool round just run was
-  the ``max_tool_rounds``-th (its observation is still returned).
+  True and the observation is ``[]``. ``max_tool_rounds`` is the number of tool rounds whose
+  results the model gets to read: after that many, the model has one more turn to answer, and a
+  turn that calls tools again is not run: the observation is ``[]`` and ``truncated`` is True.
 * ``step`` never raises on model output. It raises only on misuse (``step`` before ``reset``
   or after the episode ended, a non-``str`` action).
 
@@ -94,7 +95,8 @@ class ToolEnv(gymnasium.Env[list, str]):
                 ``self.sandbox`` for tools that run code; the trainer passes it to every env.
             owns_sandbox: :meth:`close` closes ``sandbox`` (for one the env built itself; a
                 sandbox passed in belongs to the caller, who closes it).
-            max_tool_rounds: assistant turns with tool calls before the episode is truncated.
+            max_tool_rounds: tool rounds the model can use: their results are returned, and
+                a further turn with tool calls truncates the episode without running them.
             max_calls_per_turn: tool calls run per turn; extra ones are reported as errors.
             max_turn_chars: longer assistant turns are rejected with one error message.
             max_tool_output_chars: tool output text is cut (head and tail kept) past this.
@@ -266,6 +268,10 @@ class ToolEnv(gymnasium.Env[list, str]):
                         tool_rounds=self._rounds, answer=str(self.item["answer"]),
                         verify_detail=verdict.detail)
             return [], reward, True, False, info
+        if self._rounds >= self.max_tool_rounds:  # no turn would follow to read the results
+            self._done = True
+            info.update(StepInfo(0).to_info(), tool_rounds=self._rounds)
+            return [], 0.0, False, True, info
         messages, kinds = [], []
         for entry in parsed.in_order():
             message, kind = self._run_entry(entry)
@@ -273,11 +279,9 @@ class ToolEnv(gymnasium.Env[list, str]):
             if kind is not None:
                 kinds.append(kind)
         self._rounds += 1
-        truncated = self._rounds >= self.max_tool_rounds
-        self._done = truncated
         info.update(StepInfo(len(messages), len(kinds), tuple(kinds)).to_info(),
                     tool_rounds=self._rounds)
-        return messages, 0.0, False, truncated, info
+        return messages, 0.0, False, False, info
 
     def _safe_verify(self, text: str) -> Verdict:
         """Verify, turning a verifier crash on odd model text into reward 0 with a reason."""

@@ -174,15 +174,18 @@ def check_final_answer_terminates(env: ToolEnv, seed: int = 0) -> None:
 
 
 def check_tool_round_cap(env: ToolEnv, seed: int = 0) -> None:
-    """truncated becomes True exactly at max_tool_rounds tool rounds."""
+    """Every one of ``max_tool_rounds`` tool rounds returns its results untruncated; one more
+    turn with tool calls truncates the episode and returns nothing."""
     env.reset(seed=seed)
     call = '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>'
     for round_ in range(1, env.max_tool_rounds + 1):
         obs, _, terminated, truncated, _ = env.step(call)
-        _require(not terminated and len(obs) == 1, "a tool round must return its tool messages")
-        _require(truncated == (round_ == env.max_tool_rounds),
-                 f"truncated must be True exactly after round {env.max_tool_rounds}, "
-                 f"got {truncated} after round {round_}")
+        _require(not terminated and not truncated and len(obs) == 1,
+                 f"tool round {round_} of {env.max_tool_rounds} must return its tool messages, untruncated")
+    obs, _, terminated, truncated, _ = env.step(call)
+    _require(truncated and not terminated and obs == [],
+             f"a tool call after {env.max_tool_rounds} rounds must truncate the episode without running, "
+             f"got truncated={truncated}, {len(obs)} messages")
 
 
 def check_tool_env(env: Any, seed: int = 0) -> None:

@@ -99,7 +99,7 @@ RECIPES: dict[str, EmbeddedRecipe] = {
         teacher_target=AccuracyTarget(low=0.95, first_check=800, every=100, fine_every=100, max_steps=1600),
         student_target=AccuracyTarget(low=0.15, high=0.35, first_check=300, every=25, fine_every=5,
                                       max_steps=1500),
-        probe=AccuracyProbe(env_kwargs={"max_tool_rounds": 2},
+        probe=AccuracyProbe(env_kwargs={"max_tool_rounds": 1},
                             rollout=RolloutConfig(max_turn_tokens=48, max_episode_tokens=256, max_turns=3,
                                                   temperature=0.0)),
     ),

@@ -100,12 +100,29 @@ def test_wrong_answer_gets_zero():
     assert env.step("8")[1:3] == (0.0, True)
 
 
-def test_truncation_at_the_cap_still_returns_observation():
+def test_every_tool_round_is_readable_and_the_next_call_truncates_without_running():
+    """max_tool_rounds=2: both rounds' results come back for the model to read; a third turn
+    with a tool call is not run (the tool is called twice in all) and truncates."""
     env = EchoEnv(max_tool_rounds=2)
+    calls = []
+    echo = env.tools[0]
+    echo.run = lambda text, _run=echo.run: calls.append(text) or _run(text)
     env.reset(seed=0)
+    for text in ("a", "b"):
+        obs, _, terminated, truncated, info = env.step(call("echo", text=text))
+        assert obs[0]["content"] == text and not truncated and not terminated
+    obs, reward, terminated, truncated, info = env.step(call("echo", text="c"))
+    assert (obs, reward, terminated, truncated) == ([], 0.0, False, True)
+    assert calls == ["a", "b"] and info["tool_calls"] == 0 and info["tool_rounds"] == 2
+    with pytest.raises(RuntimeError, match="is over"):
+        env.step("again")
+
+
+def test_an_answer_after_the_last_tool_round_is_verified():
+    env = EchoEnv(max_tool_rounds=1)
+    env.reset(options={"index": 7})
     assert env.step(call("echo", text="a"))[3] is False
-    obs, _, terminated, truncated, _ = env.step(call("echo", text="b"))
-    assert obs[0]["content"] == "b" and truncated and not terminated
+    assert env.step("7")[1:4] == (1.0, True, False)
 
 
 def test_step_before_reset_and_non_str_action_raise():
