@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .activation_checkpointing import checkpointing_in_effect
 from .batching import TrainBatch
-from .objectives import ObjectiveInputs, entropy_threshold, get_objective, selected_token_count
+from .objectives import LossScope, ObjectiveInputs, get_objective, loss_scope
 from .sequence_scoring import as_scorer
 from .train_config import ObjectiveConfig, OptimConfig
 
@@ -79,20 +79,20 @@ def policy_update(
     device = next(scorer.parameters()).device
     mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
     totals: dict[str, list[float]] = defaultdict(list)
-    step_scope = _scope_values(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
+    step_scope = _loss_scope(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
     with checkpointing_in_effect(scorer):
         for mini_rows in mini_batches:
             mini = batch.select(mini_rows)
             if settings.entropy_source == "current":
                 mini.behaviour_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
                                                              vision)
-            tau, norm = step_scope or _scope_values(mini, settings, config, step, gather)
+            scope = step_scope or _loss_scope(mini, settings, config, step, gather)
             micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
             for index, micro_rows in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 with contextlib.nullcontext() if last else no_sync():
                     loss, stats = _micro_loss(scorer, fn, config, mini.select(micro_rows).to(device), step=step,
-                                              tau=tau, norm=norm, chunk_rows=chunk_rows, vision=vision)
+                                              scope=scope, chunk_rows=chunk_rows, vision=vision)
                     backward(loss)
                 for key, value in stats.items():
                     totals[key].append(value)
@@ -118,7 +118,7 @@ def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | Non
     return list(order.split(num_rows // parts))
 
 
-def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, tau, norm: float, chunk_rows: int,
+def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, scope: LossScope, chunk_rows: int,
                 vision: Any) -> tuple[Tensor, dict[str, float]]:
     """The objective's loss and stats on one micro-batch (already on the model's device)."""
     logp_BT, _ = scorer(micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows,
@@ -126,7 +126,7 @@ def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, tau, norm: 
     inputs = ObjectiveInputs(
         logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
         teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
-        advantages=micro.advantages_B, entropy_threshold=tau, normalizer=norm,
+        advantages=micro.advantages_B, entropy_threshold=scope.entropy_threshold, normalizer=scope.normalizer,
         token_weights=micro.token_weights_BT,
     )
     return fn(inputs, step=step, config=config)
@@ -154,23 +154,14 @@ def _step_stats(totals: dict[str, list[float]], mini_batches: int, lr: float) ->
     return out
 
 
-def _scope_values(batch: TrainBatch, settings: ObjectiveConfig, config: Any, step: int,
-                  gather: Gather) -> tuple[Tensor | None, float]:
-    """(entropy threshold or None, loss normaliser) over ``batch`` and all processes."""
-    valid = batch.valid_BT
+def _loss_scope(batch: TrainBatch, settings: ObjectiveConfig, config: Any, step: int,
+                gather: Gather) -> LossScope:
+    """The objective's entropy threshold and loss normaliser over ``batch`` and all processes."""
     inputs = ObjectiveInputs(
-        logprobs=batch.old_logprobs_BT, loss_mask=valid, old_logprobs=batch.old_logprobs_BT,
+        logprobs=batch.old_logprobs_BT, loss_mask=batch.valid_BT, old_logprobs=batch.old_logprobs_BT,
         teacher_logprobs=batch.teacher_logprobs_BT, entropy=batch.behaviour_entropy_BT,
     )
-    if settings.name != "reopold":
-        return None, max(float(gather(valid.sum().reshape(1).float()).sum()), 1.0)
-    tau = None
-    if config.is_refinement(step):
-        entropies = gather(batch.behaviour_entropy_BT[valid].float())
-        tau = entropy_threshold(entropies[None, :], torch.ones_like(entropies[None, :], dtype=torch.bool), config.beta)
-        inputs = dataclasses.replace(inputs, entropy_threshold=tau)
-    count = gather(selected_token_count(inputs, step=step, config=config).reshape(1).float()).sum()
-    return tau, max(float(count), 1.0)
+    return loss_scope(settings.name, inputs, step=step, config=config, gather=gather)
 
 
 @torch.no_grad()

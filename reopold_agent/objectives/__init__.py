@@ -26,11 +26,12 @@ from .config import GrpoConfig, ReopoldConfig, RklConfig, SftConfig
 #: Exported name -> the submodule defining it (imported when the name is first used).
 _LAZY = {
     "OBJECTIVES": "registry", "OBJECTIVE_CONFIGS": "registry", "ObjectiveFn": "registry",
-    "get_objective": "registry", "ObjectiveInputs": "inputs",
+    "get_objective": "registry", "loss_scope": "registry",
+    "ObjectiveInputs": "inputs", "LossScope": "inputs",
     "group_advantages": "grpo", "grpo_objective": "grpo",
     "entropy_keep_count": "masks", "entropy_threshold": "masks", "valid_mask": "masks",
     "reopold_keep_mask": "reopold", "reopold_loss": "reopold", "reopold_objective": "reopold",
-    "selected_token_count": "reopold",
+    "selected_token_count": "reopold", "reopold_loss_scope": "reopold",
     "rkl_objective": "rkl", "rkl_sg_objective": "rkl", "sft_objective": "sft",
 }
 

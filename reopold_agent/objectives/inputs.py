@@ -1,13 +1,18 @@
-"""The tensors every objective reads, as one record (``ObjectiveInputs``)."""
+"""The tensors every objective reads (``ObjectiveInputs``), and the values a caller fixes over
+a larger scope than one micro-batch (``LossScope``)."""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["ObjectiveInputs"]
+__all__ = ["ObjectiveInputs", "LossScope", "Gather"]
+
+Gather = Callable[[Tensor], Tensor]
+"""Concatenates a 1-D tensor across processes (the identity in a single process)."""
 
 _TOKEN_FIELDS = ("old_logprobs", "teacher_logprobs", "entropy", "loss_mask", "token_weights")
 
@@ -68,3 +73,19 @@ class ObjectiveInputs:
         if value is None:
             raise ValueError(f"objective {objective!r} needs ObjectiveInputs.{name}, got None")
         return value
+
+
+@dataclass(frozen=True)
+class LossScope:
+    """Values fixed over a scope of tokens (a mini-batch or a whole step, over all processes)
+    before any micro-batch runs, so the micro-batch losses sum to the scope's loss.
+
+    Pass them to every micro-batch as ``ObjectiveInputs.entropy_threshold`` and ``.normalizer``.
+
+    Attributes:
+        entropy_threshold: 0-dim tau_beta over the scope (REOPOLD's refinement phase), or None.
+        normalizer: the scope's loss denominator: its selected-token count, at least 1.
+    """
+
+    entropy_threshold: Tensor | None
+    normalizer: float

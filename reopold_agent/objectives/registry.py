@@ -1,4 +1,5 @@
-"""The objectives by name: ``OBJECTIVES``, ``OBJECTIVE_CONFIGS`` and :func:`get_objective`."""
+"""The objectives by name: ``OBJECTIVES``, ``OBJECTIVE_CONFIGS``, :func:`get_objective` and
+:func:`loss_scope`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from torch import Tensor
 
 from .config import GrpoConfig, ReopoldConfig, RklConfig, SftConfig
 from .grpo import grpo_objective
-from .reopold import reopold_objective
+from .inputs import Gather, LossScope, ObjectiveInputs
+from .reopold import reopold_loss_scope, reopold_objective
 from .rkl import rkl_objective, rkl_sg_objective
 from .sft import sft_objective
+from .surrogate import valid_token_scope
 
 ObjectiveFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
@@ -45,3 +48,21 @@ def get_objective(name: str) -> ObjectiveFn:
     except KeyError:
         raise ValueError(f"unknown objective {name!r}; valid names: "
                          f"{', '.join(sorted(OBJECTIVES))}") from None
+
+
+def loss_scope(name: str, batch: ObjectiveInputs, *, step: int, config: object,
+               gather: Gather = lambda x: x) -> LossScope:
+    """The entropy threshold and normaliser of objective ``name`` over the scope ``batch``.
+
+    ``batch`` holds the scope's tensors (a mini-batch or a whole step of this process);
+    ``gather`` concatenates a 1-D tensor across processes, so the values cover all of them.
+    REOPOLD selects tokens (:func:`~.reopold.reopold_loss_scope`); the other objectives keep
+    every valid token (:func:`~.surrogate.valid_token_scope`).
+
+    Raises:
+        ValueError: if ``name`` is unknown.
+    """
+    get_objective(name)
+    if name == "reopold":
+        return reopold_loss_scope(batch, step=step, config=config, gather=gather)
+    return valid_token_scope(batch, gather)

@@ -13,12 +13,10 @@ Choices the paper leaves open, and what this module does (the caller decides the
 - Entropy source (pi_old or pi_theta) and temperature: ``entropy`` is an input. Recommended:
   the entropy of pi_old from the same pass that produced ``old_logprobs`` (at the rollout
   temperature, 1.0), since it is then known for the whole batch before any micro-batch runs.
-- Batch for tau_beta: by default the batch passed in. To use a larger batch (mini-batch, all
-  ranks), compute ``entropy_threshold(...)`` over it and pass ``entropy_threshold=``.
-- Normaliser under gradient accumulation: by default this batch's ``max(sum M, 1)``. For one
-  normaliser per optimizer step (the mean over a whole mini-batch), compute
-  ``selected_token_count(...)`` over the mini-batch and pass ``normalizer=``; the micro-batch
-  losses then sum to the mini-batch loss.
+- Batch for tau_beta and the normaliser: by default the batch passed in (``max(sum M, 1)``).
+  For one threshold and normaliser over a larger scope (a mini-batch or a whole step, on all
+  processes), :func:`reopold_loss_scope` computes both before any micro-batch runs; passed as
+  ``entropy_threshold=`` and ``normalizer=``, the micro-batch losses sum to the scope's loss.
 - Exploration mask under several updates per rollout batch: the paper writes M_t = 1[R_t >= c]
   with R under pi_theta, which moves during the updates of one rollout batch while the
   normaliser must be fixed before the first micro-batch runs. Here the exploration mask uses the
@@ -34,17 +32,20 @@ changes nothing because every selected token already has sg(R) >= c.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from .config import ReopoldConfig
 from . import masks
 from .diagnostics import masked_mean, nearest_rank_percentiles, to_floats
-from .inputs import ObjectiveInputs
+from .inputs import Gather, LossScope, ObjectiveInputs
 from .masks import valid_mask, zero_invalid
 from .surrogate import surrogate_loss
 
-__all__ = ["reopold_objective", "reopold_loss", "reopold_keep_mask", "selected_token_count"]
+__all__ = ["reopold_objective", "reopold_loss", "reopold_keep_mask", "selected_token_count",
+           "reopold_loss_scope"]
 
 
 def _check_config(config: object) -> ReopoldConfig:
@@ -98,6 +99,35 @@ def selected_token_count(batch: ObjectiveInputs, *, step: int, config: ReopoldCo
     micro-batch's loss.
     """
     return reopold_keep_mask(batch, step=step, config=config).sum()
+
+
+def reopold_loss_scope(batch: ObjectiveInputs, *, step: int, config: ReopoldConfig,
+                       gather: Gather) -> LossScope:
+    """REOPOLD's selection over a scope: tau_beta and the selected-token normaliser.
+
+    In refinement, tau_beta is the top-beta threshold over the valid entropies of ``batch`` on
+    all processes (``gather`` concatenates them), so every process selects with the same value;
+    the normaliser is the number of tokens selected with it on all processes, at least 1. In
+    exploration there is no threshold and the normaliser counts the floor-mask tokens.
+
+    Args:
+        batch: the scope's [B, T] tensors: ``loss_mask``, ``teacher_logprobs``,
+            ``old_logprobs`` (exploration) and ``entropy`` (refinement); ``logprobs`` is not read
+            for the selection when ``old_logprobs`` is given.
+        step: 0-based training step.
+        config: REOPOLD hyper-parameters.
+        gather: concatenates a 1-D tensor across processes.
+    """
+    config = _check_config(config)
+    tau = None
+    if config.is_refinement(step):
+        valid_BT = valid_mask(batch.loss_mask)
+        entropy_N = gather(batch.require("entropy", "reopold (refinement phase)")[valid_BT].float())
+        tau = masks.entropy_threshold(entropy_N[None, :], torch.ones_like(entropy_N[None, :], dtype=torch.bool),
+                                      config.beta)
+        batch = dataclasses.replace(batch, entropy_threshold=tau)
+    count = gather(selected_token_count(batch, step=step, config=config).reshape(1).float()).sum()
+    return LossScope(entropy_threshold=tau, normalizer=max(float(count), 1.0))
 
 
 def reopold_objective(batch: ObjectiveInputs, *, step: int,

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 from .diagnostics import token_stats
-from .inputs import ObjectiveInputs
-from .masks import zero_invalid
+from .inputs import Gather, LossScope, ObjectiveInputs
+from .masks import valid_mask, zero_invalid
 
-__all__ = ["policy_ratio", "clipped_surrogate", "masked_loss", "surrogate_loss"]
+__all__ = ["policy_ratio", "clipped_surrogate", "masked_loss", "surrogate_loss", "valid_token_scope"]
 
 
 def policy_ratio(logp_BT: Tensor, old_logp_BT: Tensor) -> Tensor:
@@ -112,3 +112,10 @@ def surrogate_loss(batch: ObjectiveInputs, logp_BT: Tensor, reward_BT: Tensor, v
         stats = {"objective/loss": loss.detach(),
                  **token_stats(valid_BT, keep_BT, rho_BT, clipped_BT, entropy_BT)}
     return loss, stats
+
+
+def valid_token_scope(batch: ObjectiveInputs, gather: Gather) -> LossScope:
+    """The scope of an objective that keeps every valid token: normaliser = the number of valid
+    tokens of ``batch`` over all processes (``gather``), at least 1; no entropy threshold."""
+    count = gather(valid_mask(batch.loss_mask).sum().reshape(1).float()).sum()
+    return LossScope(entropy_threshold=None, normalizer=max(float(count), 1.0))
