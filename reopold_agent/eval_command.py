@@ -101,7 +101,7 @@ def evaluate_model(config: TrainConfig, path: str, role: str, make_eval_env: Any
     problems = list(range(config.eval.num_problems))
     metrics, trajectories = evaluate(engine, make_eval_env, problems, samples=config.eval.samples,
                                      greedy=config.eval.greedy, batch_episodes=config.eval.batch_episodes,
-                                     seed=config.train.seed + 7)
+                                     seed=config.train.seed + 7, top_p=config.eval.top_p)
     sampled = trajectories[len(problems):] if config.eval.greedy else trajectories
     scaling = []
     if sampled:

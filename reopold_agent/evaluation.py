@@ -29,11 +29,12 @@ def evaluate(
     batch_episodes: int,
     seed: int,
     step: int = -1,
+    top_p: float | None = None,
 ) -> tuple[dict[str, float], list[Trajectory]]:
     """Play the eval problems ``indices`` and return (metrics, trajectories).
 
-    ``engine`` provides the backend and budgets; a greedy copy (temperature 0) is made for the
-    greedy pass. Metric keys: ``eval/greedy_accuracy``, ``eval/sampled_accuracy``,
+    ``engine`` provides the backend, budgets and sampling settings; a greedy copy (temperature 0)
+    is made for the greedy pass, and the sampled pass uses nucleus ``top_p`` when given. Metric keys: ``eval/greedy_accuracy``, ``eval/sampled_accuracy``,
     ``eval/pass@k`` and ``eval/maj@k`` for every k of the ladder up to ``samples``,
     ``eval/sampled_seconds_per_token``, ``eval/tokens_per_second``, ``eval/num_problems``.
 
@@ -55,7 +56,8 @@ def evaluate(
     if samples > 0:
         jobs = [(i, g) for i in indices for g in range(samples)]
         sampled_start = time.perf_counter()
-        trajs = _play(engine, make_env, envs, jobs, batch_episodes, seed + 1, step, problem_seed=seed)
+        sampling_engine = engine if top_p is None else _with_sampling(engine, top_p=top_p)
+        trajs = _play(sampling_engine, make_env, envs, jobs, batch_episodes, seed + 1, step, problem_seed=seed)
         seconds = time.perf_counter() - sampled_start
         metrics["eval/sampled_accuracy"] = _mean([t.reward >= 1.0 for t in trajs])
         metrics["eval/sampled_seconds_per_token"] = seconds / max(sum(t.num_model_tokens for t in trajs), 1)

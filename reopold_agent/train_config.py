@@ -148,6 +148,9 @@ class EvalConfig:
     """Held-out problems (the eval split, fixed; 0: no evaluation)."""
     samples: int = ranged(4, ge=1)
     """Sampled attempts per problem at temperature 1 (pass@k, maj@k, sampled accuracy)."""
+    top_p: float | None = ranged(None, gt=0, le=1)
+    """Nucleus of the sampled evaluation episodes; null: ``rollout.top_p``, as in training. Lets
+    a run train at top-p 1 (the paper's setting) and report accuracy at a sharper nucleus."""
     greedy: bool = True
     """Also decode greedily once per problem (greedy accuracy)."""
     batch_episodes: int = ranged(256, ge=1)

@@ -298,7 +298,7 @@ class Trainer:
                 accelerator=parts.accelerator,
                 store_images=lambda own: save_trajectory_images(parts.logger.run_dir, own),
                 samples=cfg.eval.samples, greedy=cfg.eval.greedy, batch_episodes=cfg.eval.batch_episodes,
-                seed=cfg.train.seed + 7, step=step,
+                seed=cfg.train.seed + 7, step=step, top_p=cfg.eval.top_p,
             )
         if prefix != "eval/":
             metrics = {prefix + k[len("eval/"):]: v for k, v in metrics.items()}
