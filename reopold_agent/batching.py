@@ -49,6 +49,15 @@ class TrainBatch:
     token_weights_BT: Tensor | None = None
     """[B, T] float32 weights of each token's loss term (truncated importance sampling against
     the sampler's mismatch, :mod:`reopold_agent.behaviour`), or None for 1."""
+    current_entropy_BT: Tensor | None = None
+    """[B, T] float32 entropy of the policy being trained, computed before a mini-batch's first
+    update when ``objective.entropy_source`` is ``current``; None otherwise."""
+
+    @property
+    def objective_entropy_BT(self) -> Tensor:
+        """[B, T] the entropy the objective selects with: the current policy's when computed,
+        else the behaviour entropy."""
+        return self.behaviour_entropy_BT if self.current_entropy_BT is None else self.current_entropy_BT
 
     @property
     def num_rows(self) -> int:

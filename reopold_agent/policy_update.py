@@ -84,8 +84,8 @@ def policy_update(
         for mini_rows in mini_batches:
             mini = batch.select(mini_rows)
             if settings.entropy_source == "current":
-                mini.behaviour_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
-                                                             vision)
+                mini.current_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
+                                                           vision)
             scope = step_scope or _loss_scope(mini, settings, config, step, gather)
             micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
             for index, micro_rows in enumerate(micro_batches):
@@ -125,7 +125,7 @@ def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, scope: Loss
                         extra_inputs=forward_inputs(micro, vision))
     inputs = ObjectiveInputs(
         logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
-        teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.behaviour_entropy_BT,
+        teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.objective_entropy_BT,
         advantages=micro.advantages_B, entropy_threshold=scope.entropy_threshold, normalizer=scope.normalizer,
         token_weights=micro.token_weights_BT,
     )
@@ -159,7 +159,7 @@ def _loss_scope(batch: TrainBatch, settings: ObjectiveConfig, config: Any, step:
     """The objective's entropy threshold and loss normaliser over ``batch`` and all processes."""
     inputs = ObjectiveInputs(
         logprobs=batch.old_logprobs_BT, loss_mask=batch.valid_BT, old_logprobs=batch.old_logprobs_BT,
-        teacher_logprobs=batch.teacher_logprobs_BT, entropy=batch.behaviour_entropy_BT,
+        teacher_logprobs=batch.teacher_logprobs_BT, entropy=batch.objective_entropy_BT,
     )
     return loss_scope(settings.name, inputs, step=step, config=config, gather=gather)
 

@@ -125,3 +125,31 @@ def test_every_configured_optimiser_step_runs_or_the_update_refuses():
     assert _optimiser_steps(8, 4) == (4, 4)
     with pytest.raises(ValueError, match="6 rows cannot be split into 4"):
         _optimiser_steps(6, 4)
+
+
+@pytest.mark.parametrize("source", ["behaviour", "current"])
+def test_refinement_selects_by_the_configured_entropy_source(source):
+    """``current`` thresholds the trained policy's own entropies; the recorded behaviour
+    entropies of the batch stay what the sampler recorded."""
+    from reopold_agent.objectives import entropy_threshold
+
+    model, teacher = tiny.model("nano", seed=1), tiny.model("nano", seed=2)
+    batch = collate(_trajectories(tiny.model("nano", seed=3), teacher), pad_token_id=0)
+    recorded_BT = batch.behaviour_entropy_BT.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    settings = ObjectiveConfig(name="reopold", entropy_source=source, switch_fraction=None)
+    settings.reopold = type(settings.reopold)(switch_step=0)
+    stats = policy_update(model, opt, sched, batch, step=0, settings=settings,
+                          optim=OptimConfig(micro_batch_rows=6, mini_batches=1), total_steps=10,
+                          backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0))
+    with torch.no_grad():
+        _, current_BT = sequence_logprobs(model, batch.input_ids_BT, batch.attention_mask_BT, with_entropy=True)
+    beta = settings.reopold.beta
+    entropy_BT = {"behaviour": recorded_BT, "current": current_BT}
+    expected = {name: entropy_threshold(ent_BT, batch.valid_BT, beta) for name, ent_BT in entropy_BT.items()}
+    assert expected["behaviour"].item() != pytest.approx(expected["current"].item(), abs=1e-3)
+    assert stats["objective/entropy_threshold"] == pytest.approx(expected[source].item(), abs=1e-5)
+    selected = (entropy_BT[source] >= expected[source]) & batch.valid_BT
+    assert stats["objective/num_selected"] == selected.sum().item()
+    assert torch.equal(batch.behaviour_entropy_BT, recorded_BT)

@@ -8,8 +8,7 @@ under stable ``objective/...`` keys. Pick one by name, once, at build time::
     config = OBJECTIVE_CONFIGS[name](**overrides)
     loss, stats = fn(ObjectiveInputs(...), step=k, config=config)
 
-``reopold_loss`` is the positional convenience form of ``reopold_objective``. This package
-imports torch and nothing else from the project.
+This package imports torch and nothing else from the project.
 
 The config dataclasses (:mod:`.config`, standard library only) load at once; the functions
 load on first use (a module ``__getattr__``), so that reading and validating a run
@@ -30,7 +29,7 @@ _LAZY = {
     "ObjectiveInputs": "inputs", "LossScope": "inputs",
     "group_advantages": "grpo", "grpo_objective": "grpo",
     "entropy_keep_count": "masks", "entropy_threshold": "masks", "valid_mask": "masks",
-    "reopold_keep_mask": "reopold", "reopold_loss": "reopold", "reopold_objective": "reopold",
+    "reopold_keep_mask": "reopold", "reopold_objective": "reopold",
     "selected_token_count": "reopold", "reopold_loss_scope": "reopold",
     "rkl_objective": "rkl", "rkl_sg_objective": "rkl", "sft_objective": "sft",
 }

@@ -44,8 +44,7 @@ from .inputs import Gather, LossScope, ObjectiveInputs
 from .masks import valid_mask, zero_invalid
 from .surrogate import surrogate_loss
 
-__all__ = ["reopold_objective", "reopold_loss", "reopold_keep_mask", "selected_token_count",
-           "reopold_loss_scope"]
+__all__ = ["reopold_objective", "reopold_keep_mask", "selected_token_count", "reopold_loss_scope"]
 
 
 def _check_config(config: object) -> ReopoldConfig:
@@ -169,30 +168,3 @@ def reopold_objective(batch: ObjectiveInputs, *, step: int,
             "objective/entropy_threshold": float("nan") if tau is None else tau,
         }
     return loss, to_floats(stats)
-
-
-def reopold_loss(logprobs: Tensor, old_logprobs: Tensor | None, teacher_logprobs: Tensor,
-                 entropy: Tensor | None, loss_mask: Tensor, *, step: int, config: ReopoldConfig,
-                 entropy_threshold: float | Tensor | None = None,
-                 normalizer: float | Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """REOPOLD loss from positional [B, T] tensors; see ``reopold_objective`` for semantics.
-
-    Args:
-        logprobs: [B, T] log pi_theta of the sampled tokens (carries the gradient).
-        old_logprobs: [B, T] log pi_old, or None for on-policy (rho = 1).
-        teacher_logprobs: [B, T] log pi_T.
-        entropy: [B, T] student entropy (needed in refinement), or None.
-        loss_mask: [B, T] bool/int/float, > 0 on student-generated tokens.
-        step: 0-based training step (one rollout batch).
-        config: REOPOLD hyper-parameters.
-        entropy_threshold: tau_beta computed over a larger batch, or None to compute here.
-        normalizer: loss denominator computed over a larger batch, or None for max(sum M, 1).
-
-    Returns:
-        ``(loss, stats)`` as ``reopold_objective``.
-    """
-    batch = ObjectiveInputs(logprobs=logprobs, old_logprobs=old_logprobs,
-                            teacher_logprobs=teacher_logprobs, entropy=entropy,
-                            loss_mask=loss_mask, entropy_threshold=entropy_threshold,
-                            normalizer=normalizer)
-    return reopold_objective(batch, step=step, config=config)

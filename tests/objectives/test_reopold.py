@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reopold_agent.objectives import (
-    ObjectiveInputs, ReopoldConfig, entropy_threshold, reopold_keep_mask, reopold_loss,
+    ObjectiveInputs, ReopoldConfig, entropy_threshold, reopold_keep_mask, reopold_objective,
     selected_token_count)
 
 F64 = torch.float64
@@ -22,6 +22,15 @@ ENTROPY = [[0.1, 2.0, 0.5], [1.5, 0.3, 99.0]]  # 99 sits on the masked token
 MASK = [[1, 1, 1], [1, 1, 0]]
 
 
+def loss_of(logprobs, old_logprobs, teacher_logprobs, entropy, loss_mask, *, step, config,
+            entropy_threshold=None, normalizer=None):
+    """reopold_objective on positional [B, T] tensors."""
+    batch = ObjectiveInputs(logprobs=logprobs, old_logprobs=old_logprobs,
+                            teacher_logprobs=teacher_logprobs, entropy=entropy, loss_mask=loss_mask,
+                            entropy_threshold=entropy_threshold, normalizer=normalizer)
+    return reopold_objective(batch, step=step, config=config)
+
+
 def make_batch(logp=LOGP, teacher=TEACHER, log_ratio=LOG_RATIO, entropy=ENTROPY, mask=MASK):
     logp_BT = torch.tensor(logp, dtype=F64, requires_grad=True)
     old_BT = logp_BT.detach() - torch.tensor(log_ratio, dtype=F64)
@@ -31,7 +40,7 @@ def make_batch(logp=LOGP, teacher=TEACHER, log_ratio=LOG_RATIO, entropy=ENTROPY,
 
 def loss_and_grad(step, config, **kw):
     logp, old, teacher, entropy, mask = make_batch(**kw)
-    loss, stats = reopold_loss(logp, old, teacher, entropy, mask, step=step, config=config)
+    loss, stats = loss_of(logp, old, teacher, entropy, mask, step=step, config=config)
     loss.backward()
     return loss, logp.grad, stats
 
@@ -138,7 +147,7 @@ def test_masked_positions_with_nan_and_inf_never_leak(step):
                                                    teacher=[[-0.5, -4.0, -0.5], [-0.2, -3.5, -INF]],
                                                    entropy=[[0.1, 2.0, 0.5], [1.5, 0.3, NAN]])
     old[1, 2] = INF
-    loss, stats = reopold_loss(logp, old, teacher, entropy, mask, step=step, config=config)
+    loss, stats = loss_of(logp, old, teacher, entropy, mask, step=step, config=config)
     loss.backward()
     assert loss.item() == ref_loss.item()
     assert torch.isfinite(logp.grad).all() and logp.grad[1, 2].item() == 0.0
@@ -154,8 +163,8 @@ def test_no_selected_token_gives_exact_zero(step):
     mask = [[1, 1, 1], [1, 1, 0]] if step == 0 else [[0, 0, 0], [0, 0, 0]]
     logp, old, _, entropy, mask_t = make_batch(mask=mask)
     teacher = logp.detach() - 5.0
-    loss, stats = reopold_loss(logp, old, teacher, entropy, mask_t, step=step,
-                               config=ReopoldConfig(switch_step=1))
+    loss, stats = loss_of(logp, old, teacher, entropy, mask_t, step=step,
+                          config=ReopoldConfig(switch_step=1))
     assert loss.requires_grad and loss.item() == 0.0
     loss.backward()
     assert torch.equal(logp.grad, torch.zeros_like(logp))
@@ -166,8 +175,8 @@ def test_no_selected_token_gives_exact_zero(step):
 
 def test_old_logprobs_none_means_on_policy():
     logp, _, teacher, entropy, mask = make_batch()
-    loss, stats = reopold_loss(logp, None, teacher, entropy, mask, step=0,
-                               config=ReopoldConfig())
+    loss, stats = loss_of(logp, None, teacher, entropy, mask, step=0,
+                          config=ReopoldConfig())
     # rho = 1: loss = -(0.5 + 0 + 0 - 0.5) / 4 = 0, gradient -R_hat / 4 on selected tokens.
     assert loss.item() == 0.0 and stats["objective/rho_mean"] == 1.0
     loss.backward()
@@ -177,23 +186,23 @@ def test_old_logprobs_none_means_on_policy():
 def test_refinement_needs_entropy():
     logp, old, teacher, _, mask = make_batch()
     with pytest.raises(ValueError, match="entropy"):
-        reopold_loss(logp, old, teacher, None, mask, step=1, config=ReopoldConfig(switch_step=0))
-    reopold_loss(logp, old, teacher, None, mask, step=0, config=ReopoldConfig(switch_step=1))
+        loss_of(logp, old, teacher, None, mask, step=1, config=ReopoldConfig(switch_step=0))
+    loss_of(logp, old, teacher, None, mask, step=0, config=ReopoldConfig(switch_step=1))
 
 
 def test_external_threshold_and_normalizer_are_honoured():
     logp, old, teacher, entropy, mask = make_batch()
     # tau = 0.4 keeps valid H in {2.0, 0.5, 1.5}: (0,1) R_hat=c, (0,2) R=0, (1,0) R=0.
     # normalizer 10: loss = -(c * 1 + e^-0.2 * 0 + 0) / 10
-    loss, stats = reopold_loss(logp, old, teacher, entropy, mask, step=1,
-                               config=ReopoldConfig(switch_step=1), entropy_threshold=0.4,
-                               normalizer=10.0)
+    loss, stats = loss_of(logp, old, teacher, entropy, mask, step=1,
+                          config=ReopoldConfig(switch_step=1), entropy_threshold=0.4,
+                          normalizer=10.0)
     assert loss.item() == pytest.approx(-FLOOR / 10, abs=1e-12)
     assert stats["objective/num_selected"] == 3.0
     assert stats["objective/entropy_threshold"] == pytest.approx(0.4, abs=1e-12)
     with pytest.raises(ValueError, match="normalizer"):
-        reopold_loss(logp, old, teacher, entropy, mask, step=1, config=ReopoldConfig(),
-                     normalizer=0.0)
+        loss_of(logp, old, teacher, entropy, mask, step=1, config=ReopoldConfig(),
+                normalizer=0.0)
 
 
 def _random_batch(seed, B=6, T=7):
@@ -211,7 +220,7 @@ def test_micro_batches_with_global_threshold_and_normalizer_sum_to_full_batch(st
     config = ReopoldConfig(beta=0.3, switch_step=1)
     logp, old, teacher, entropy, mask = _random_batch(0)
     full_logp = logp.clone().requires_grad_()
-    full_loss, _ = reopold_loss(full_logp, old, teacher, entropy, mask, step=step, config=config)
+    full_loss, _ = loss_of(full_logp, old, teacher, entropy, mask, step=step, config=config)
     full_loss.backward()
 
     tau = entropy_threshold(entropy, mask, config.beta)
@@ -223,11 +232,11 @@ def test_micro_batches_with_global_threshold_and_normalizer_sum_to_full_batch(st
     total, local_total = 0.0, 0.0
     for rows in (slice(0, 2), slice(2, 4), slice(4, 6)):
         args = (micro_logp[rows], old[rows], teacher[rows], entropy[rows], mask[rows])
-        loss, _ = reopold_loss(*args, step=step, config=config, entropy_threshold=tau,
-                               normalizer=count.clamp_min(1))
+        loss, _ = loss_of(*args, step=step, config=config, entropy_threshold=tau,
+                          normalizer=count.clamp_min(1))
         loss.backward()
         total += loss.item()
-        local_total += reopold_loss(*args, step=step, config=config)[0].item()
+        local_total += loss_of(*args, step=step, config=config)[0].item()
     assert total == pytest.approx(full_loss.item(), abs=1e-12)
     torch.testing.assert_close(micro_logp.grad, full_logp.grad, atol=1e-12, rtol=0)
     assert local_total != pytest.approx(full_loss.item(), abs=1e-6)  # the overrides matter
@@ -244,8 +253,8 @@ def test_exploration_mask_uses_behaviour_reward_so_the_normaliser_is_exact():
     keep = reopold_keep_mask(batch, step=0, config=config)
     assert keep.tolist() == [[True, True, True], [True, False, False]]
     count = selected_token_count(batch, step=0, config=config)
-    loss, stats = reopold_loss(logp, old, teacher, entropy, mask, step=0, config=config,
-                               normalizer=count)
+    loss, stats = loss_of(logp, old, teacher, entropy, mask, step=0, config=config,
+                          normalizer=count)
     loss.backward()
     assert stats["objective/num_selected"] == count.item() == 4
     # (0,1) is selected with its pi_theta reward floored: R_hat = c, rho = e^1
