@@ -1,0 +1,45 @@
+"""Shared-prefix scoring equals scoring every whole row (tiny Qwen2-shaped model, fp32)."""
+
+import pytest
+import torch
+
+from reopold_agent.batching import pad_right
+from reopold_agent.sequence_scoring import sequence_logprobs
+from reopold_agent.shared_prefix import group_logprobs, prefix_groups
+from tests import tiny
+
+
+def test_prefix_groups_by_the_tokens_before_the_first_scored_position():
+    rows = [[1, 2, 3, 9], [1, 2, 3, 8, 8], [1, 2, 4, 9], [1, 2, 3, 7]]
+    groups, singles = prefix_groups(rows, [3, 3, 3, 3])
+    assert [(g.prefix_len, g.rows) for g in groups] == [(3, [0, 1, 3])] and singles == [2]
+    with pytest.raises(ValueError, match="row 1: first scored position 5"):
+        prefix_groups(rows, [3, 5, 3, 3])
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_group_logprobs_equal_the_whole_rows_forward(with_entropy):
+    torch.manual_seed(0)
+    model = tiny.model(seed=4).eval()
+    prefix = torch.randint(3, 200, (23,)).tolist()
+    rows = [prefix + torch.randint(3, 200, (n,)).tolist() for n in (1, 9, 31, 4)]
+    shared = group_logprobs(model, rows, len(prefix), pad_token_id=0, with_entropy=with_entropy, chunk_rows=7)
+    ids, attn = pad_right(rows, 0)
+    with torch.no_grad():
+        logp_BT, ent_BT = sequence_logprobs(model, ids, attn, with_entropy=with_entropy)
+    for b, row in enumerate(rows):
+        logp_T, ent_T = shared[b]
+        assert logp_T.shape == (len(row),)
+        torch.testing.assert_close(logp_T, logp_BT[b, :len(row)], atol=2e-5, rtol=1e-5)
+        if with_entropy:
+            torch.testing.assert_close(ent_T, ent_BT[b, :len(row)], atol=2e-5, rtol=1e-5)
+        else:
+            assert ent_T is None
+
+
+def test_group_logprobs_refuse_rows_without_the_prefix():
+    model = tiny.model().eval()
+    with pytest.raises(ValueError, match="same 3 tokens"):
+        group_logprobs(model, [[1, 2, 3, 4], [1, 2, 5, 4]], 3, pad_token_id=0)
+    with pytest.raises(ValueError, match="continue after them"):
+        group_logprobs(model, [[1, 2, 3, 4], [1, 2, 3]], 3, pad_token_id=0)
