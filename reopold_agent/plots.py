@@ -214,7 +214,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *,
 
 
 def _token_figures(index, out: Path, max_files: int, result: PlotResult) -> None:
-    steps = [tf for tf in index.files if tf.kind != "eval"]
+    from .replay.loading import EVALUATION_KINDS
+
+    steps = [tf for tf in index.files if tf.kind not in EVALUATION_KINDS]
     if len(steps) > max_files:
         picks = np.linspace(0, len(steps) - 1, max_files).round().astype(int)
         steps = [steps[i] for i in sorted(set(picks.tolist()))]

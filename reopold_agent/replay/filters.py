@@ -2,7 +2,7 @@
 
 A filter is written as space-separated terms, all of which must hold::
 
-    step=3  step=2..5  kind=eval  task=tool_math  end=turn_limit
+    step=3  step=2..5  kind=eval  kind=teacher  task=tool_math  end=turn_limit
     reward=1  reward>0  reward<=0.5
     truncated  !truncated  truncated=no
     errors  !errors          (episodes with / without tool errors)

@@ -213,10 +213,11 @@ def _index_page(session: ReplaySession, opened: list[OpenedTrajectory], pages: l
     for o, page in zip(opened, pages):
         t = o.traj
         rel = page.relative_to(out.parent).as_posix()
-        rows.append(f"<tr><td><a href='{_e(rel)}'>{_e(o.summary.label)}</a></td><td>{t.step}</td>"
+        rows.append(f"<tr><td><a href='{_e(rel)}'>{_e(o.summary.label)}</a></td>"
+                    f"<td>{_e(o.summary.kind)}</td><td>{t.step}</td>"
                     f"<td>{_e(t.task)}</td><td>{_e(fmt(t.reward))}</td><td>{_e(t.end_reason)}</td>"
                     f"<td>{t.tool_calls}/{t.tool_errors}</td><td>{_e(fmt(_mean_kl(o)))}</td></tr>")
-    head = "<tr><th>line</th><th>step</th><th>task</th><th>reward</th><th>end</th>" \
+    head = "<tr><th>line</th><th>kind</th><th>step</th><th>task</th><th>reward</th><th>end</th>" \
            "<th>tools/errors</th><th>KL</th></tr>"
     root = session.index.info.root
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>replay index</title>"

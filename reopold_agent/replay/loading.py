@@ -37,7 +37,11 @@ _SCALARS = re.compile(
     rb',"reward":([^,]+),"truncated":(true|false),"end_reason":' + _STR
     + rb',"tool_errors":(-?\d+),"tool_calls":(-?\d+),"task":' + _STR + rb',"prompt_id":' + _STR
     + rb',"sample_index":(-?\d+),"step":(-?\d+),"teacher_logprobs":(.)')
-_FILE_NAME = re.compile(r"^(step|eval)_(\d+)\.jsonl$")
+_FILE_NAME = re.compile(r"^(step|eval|eval_teacher)_(\d+)\.jsonl$")
+_KIND_OF_PREFIX = {"step": "step", "eval": "eval", "eval_teacher": "teacher"}
+EVALUATION_KINDS = ("eval", "teacher")
+"""Kinds of files whose episodes were never trained on: no REOPOLD phase or selection."""
+_KIND_ORDER = {"step": 0, "eval": 1, "teacher": 2}
 _CHUNK = 1 << 20
 
 
@@ -102,7 +106,8 @@ class Summary:
     path: Path
     """File holding the line."""
     kind: str
-    """``step`` (training episodes), ``eval`` or ``file`` (a file outside a run)."""
+    """``step`` (training episodes), ``eval`` (the student's evaluations), ``teacher`` (the
+    teacher's evaluation, ``eval_teacher_<k>.jsonl``) or ``file`` (a file outside a run)."""
     line: int
     """1-based line number."""
     offset: int
@@ -145,6 +150,11 @@ class Summary:
         """``step_000003.jsonl:5``."""
         return f"{self.path.name}:{self.line}"
 
+    @property
+    def evaluation(self) -> bool:
+        """Whether the episode is an evaluation's (student or teacher), never trained on."""
+        return self.kind in EVALUATION_KINDS
+
 
 @dataclass
 class TrajectoryFile:
@@ -153,7 +163,7 @@ class TrajectoryFile:
     path: Path
     """The ``.jsonl`` file."""
     kind: str
-    """``step``, ``eval`` or ``file``."""
+    """``step``, ``eval``, ``teacher`` or ``file`` (see :attr:`Summary.kind`)."""
     step: int | None
     """Step in the file name (``step_000012.jsonl`` -> 12), else None."""
     summaries: list[Summary] = field(default_factory=list)
@@ -363,11 +373,12 @@ def _fill_from_trajectory(s: Summary, traj: Trajectory) -> None:
 
 def _kind_of(path: Path) -> tuple[str, int | None]:
     m = _FILE_NAME.match(path.name)
-    return (m.group(1), int(m.group(2))) if m else ("file", None)
+    return (_KIND_OF_PREFIX[m.group(1)], int(m.group(2))) if m else ("file", None)
 
 
 def _file_order(tf: TrajectoryFile) -> tuple:
-    return (tf.step if tf.step is not None else -1, tf.kind != "step", tf.path.name)
+    """By step, then training before the student's and the teacher's evaluations."""
+    return (tf.step if tf.step is not None else -1, _KIND_ORDER.get(tf.kind, 3), tf.path.name)
 
 
 def _run_root_of(folder: Path) -> Path | None:

@@ -84,7 +84,7 @@ class ReplaySession:
         traj = self.index.load(summary)
         if isinstance(traj, LineError):
             return traj
-        evaluation = summary.kind == "eval"
+        evaluation = summary.evaluation
         threshold = None
         if not evaluation and self.index.info.phase(traj.step) == "refinement":
             threshold = self.step_threshold(summary.path)

@@ -29,7 +29,7 @@ HELP = """\
 [b]Trajectory list[/b]
   up/down, enter   move, open the trajectory under the cursor
   f or /           edit the filter; enter applies it, escape returns to the list
-                   terms: step=3 step=2..5 kind=step|eval task=NAME end=REASON
+                   terms: step=3 step=2..5 kind=step|eval|teacher task=NAME end=REASON
                           reward=1 reward>0 reward<=0.5 truncated !truncated
                           errors !errors (tool errors) scored !scored (teacher scores)
   s / r            next sort order (file, kl, reward, tokens, tool_errors, step) / reverse
@@ -157,7 +157,7 @@ class ListScreen(Screen):
             table.add_row(*self._cells(s), key=f"{s.path}:{s.line}")
 
     def _cells(self, s: Summary) -> list:
-        phase = self.session.index.info.phase(s.step) if s.kind != "eval" and s.step is not None else None
+        phase = None if s.evaluation or s.step is None else self.session.index.info.phase(s.step)
         kl = fmt(s.kl) if s.kl_done else ("-" if s.scored is False else "?")
         return [s.label, s.kind, s.step, phase or "-", fmt(s.reward), kl,
                 "yes" if s.truncated else "no", s.tool_calls, s.tool_errors, s.num_tokens,
@@ -246,6 +246,7 @@ class ReplayApp(App):
     TITLE = "reopold-agent replay"
     SCREENS = {"help": HelpScreen}
     CSS = """
+    #trajectories { height: 1fr; }  /* scrolls inside: the status line stays on screen */
     #status { height: 1; background: $panel; }
     #help, #errors { width: 90%; height: 90%; border: thick $accent; background: $surface; }
     HelpScreen, ErrorsScreen { align: center middle; }

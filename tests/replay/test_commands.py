@@ -1,6 +1,7 @@
 """``replay`` / ``plot`` argument parsing and user errors (exit code 2 through the CLI)."""
 
 import argparse
+import re
 
 import pytest
 
@@ -23,6 +24,27 @@ def test_export_with_step_and_index(synthetic_run, tmp_path, capsys):
     assert "visual_qa" in page and "<option value='entropy' selected>" in page
     err = capsys.readouterr().err
     assert "skipped " in err and "step_000001.jsonl:2: not valid JSON" in err
+
+
+def test_default_export_starts_with_training_episodes_not_the_teachers(synthetic_run, tmp_path,
+                                                                         capsys):
+    from reopold_agent.trajectory_io import trajectory_to_json
+
+    from .fixtures import tool_trajectory
+
+    teacher = [trajectory_to_json(tool_trajectory(0, sample_index=g, teacher_logprobs=None))
+               for g in range(3)]
+    (synthetic_run / "trajectories" / "eval_teacher_000000.jsonl").write_text(
+        "\n".join(teacher) + "\n")
+    out = tmp_path / "p.html"
+    args = _args("replay", str(synthetic_run), "--export", "html", str(out), "--limit", "3",
+                 "--no-tokenizer")
+    assert run_replay_command(args) == 0
+    index = out.read_text()
+    labels = re.findall(r"<a href='[^']*'>([^<]+)</a>", index)
+    assert labels == ["step_000000.jsonl:1", "eval_teacher_000000.jsonl:1",
+                      "eval_teacher_000000.jsonl:2"]
+    assert "<td>teacher</td>" in index and "<td>step</td>" in index
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -105,3 +105,15 @@ def test_stale_errors_go_when_the_line_is_finished_or_the_file_rewritten(tmp_pat
     path.write_text("{bad\n")  # shorter than before: the file was rewritten
     (bad,) = index.file_summaries(index.files[0])
     assert bad.error is not None and [e.line for e in index.errors] == [1]
+
+
+def test_teacher_evaluation_is_its_own_kind_after_the_steps_own_episodes(synthetic_run):
+    teacher = synthetic_run / "trajectories" / "eval_teacher_000000.jsonl"
+    teacher.write_text(trajectory_to_json(tool_trajectory(0, teacher_logprobs=None)) + "\n")
+    index = open_run(synthetic_run)
+    names = [(f.path.name, f.kind, f.step) for f in index.files[:3]]
+    assert names == [("step_000000.jsonl", "step", 0), ("eval_teacher_000000.jsonl", "teacher", 0),
+                     ("step_000001.jsonl", "step", 1)]
+    (s,) = index.file_summaries(index.files[1])
+    assert s.kind == "teacher" and s.evaluation
+    assert not index.file_summaries(index.files[0])[0].evaluation

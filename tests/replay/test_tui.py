@@ -9,6 +9,9 @@ from reopold_agent.replay.loading import open_run
 from reopold_agent.replay.session import ReplaySession
 from reopold_agent.replay.tui import ReplayApp
 from reopold_agent.sandbox import SandboxConfig, make_sandbox
+from reopold_agent.trajectory_io import trajectory_to_json
+
+from .fixtures import tool_trajectory
 
 
 def _session(run, tokenizer=False):
@@ -120,4 +123,41 @@ def test_real_run_opens_with_its_tokenizer(real_run):
             assert "tokenizer: " in _text(view, "token-info")
             assert _info(view)["source"] == "model" and not _info(view)["text"].startswith("'<")
             float(_info(view)["reward R"])  # a number, not "absent"
+    asyncio.run(scenario())
+
+
+def test_status_line_stays_on_screen_with_more_rows_than_fit(tmp_path):
+    run = tmp_path / "run"
+    (run / "trajectories").mkdir(parents=True)
+    rows = [trajectory_to_json(tool_trajectory(0, sample_index=g)) for g in range(100)]
+    (run / "trajectories" / "step_000000.jsonl").write_text("\n".join(rows) + "\n")
+
+    async def scenario():
+        app = ReplayApp(_session(run))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await _loaded(app, pilot)
+            status = app.screen.query_one("#status", Static)
+            assert status.content.plain.startswith("100 of 100 trajectories | sort: file")
+            assert 0 <= status.region.y < 29 and status.region.height == 1  # above the footer
+            await pilot.press("end")  # the table scrolls inside itself; the status stays
+            await pilot.pause()
+            assert status.region.y < 29
+    asyncio.run(scenario())
+
+
+def test_teacher_evaluation_rows_show_their_kind_and_no_phase(synthetic_run):
+    teacher = synthetic_run / "trajectories" / "eval_teacher_000000.jsonl"
+    teacher.write_text(trajectory_to_json(tool_trajectory(0, teacher_logprobs=None)) + "\n")
+
+    async def scenario():
+        app = ReplayApp(_session(synthetic_run), filter_text="kind=teacher")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _loaded(app, pilot)
+            table = app.screen.query_one(DataTable)
+            assert table.row_count == 1
+            label, kind, step, phase = table.get_row_at(0)[:4]
+            assert (label, kind, step, phase) == ("eval_teacher_000000.jsonl:1", "teacher", 0, "-")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "phase: n/a (evaluation episode: not trained on)" in _text(app.screen, "phase")
     asyncio.run(scenario())
