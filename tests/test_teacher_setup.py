@@ -139,3 +139,36 @@ def test_the_placement_checks_leave_teacherless_objectives_alone():
     config = from_dict(TrainConfig, {"teacher": {"backend": "vllm"}, "rollout": {"backend": "vllm"},
                                      "objective": {"name": "grpo"}})
     assert config.teacher.backend == "vllm"
+
+
+def test_vllm_and_server_teachers_refuse_images_and_other_tokenizers_before_training(models, tmp_path, capsys):
+    """Checked before vLLM is imported or a server is asked, so this runs without vLLM."""
+    from tests import tiny
+
+    vl_student = tiny.vl_checkpoint(tmp_path / "vl_student", seed=0)
+    vl_teacher = tiny.vl_checkpoint(tmp_path / "vl_teacher", seed=1)
+    stranger = tmp_path / "stranger"  # a text teacher with another tokenizer
+    build_causal_lm(tiny.tokenizer(), "nano", seed=2).save_pretrained(stranger)
+    tiny.tokenizer().save_pretrained(stranger)
+    vl_args = ["train", "--task", "visual_qa", "--student", str(vl_student), "--teacher", str(vl_teacher),
+               "--steps", "1", "--output-dir", str(tmp_path / "refused"), "--set", "eval.teacher=false",
+               "--set", "eval.every=0", "--set", "train.torch_threads=1"]
+
+    def text_args(teacher):
+        return ["train", "--task", "tool_math", "--student", str(models[0]), "--teacher", str(teacher),
+                "--steps", "1", "--output-dir", str(tmp_path / "refused"), "--set", "eval.teacher=false",
+                "--set", "eval.every=0", "--set", "train.torch_threads=1", "--set", "teacher.backend=vllm"]
+
+    cases = [
+        (vl_args + ["--set", "teacher.backend=server", "--set", "teacher.server.url=http://127.0.0.1:9"],
+         "teacher.backend=server scores text only (vision-language teachers through vLLM are not implemented"),
+        (vl_args + ["--set", "teacher.backend=vllm"], "teacher.backend=vllm scores text only"),
+        (text_args(vl_teacher), f"teacher.backend=vllm scores text only, and {vl_teacher} is a vision-language model"),
+        (text_args(stranger), "teacher and student tokenizers differ"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+        assert not (tmp_path / "refused" / "metrics.jsonl").exists()
