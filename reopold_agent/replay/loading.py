@@ -31,6 +31,7 @@ import yaml
 from ..objectives.config import ReopoldConfig
 from ..trajectory import Trajectory
 from ..trajectory_io import LineError, iter_trajectories, trajectory_from_json
+from .teacher_kl import trajectory_kl
 
 _STR = rb'"((?:[^"\\]|\\.)*)"'
 _SCALARS = re.compile(
@@ -286,8 +287,6 @@ class RunIndex:
 
     def ensure_kl(self, summaries: list[Summary]) -> None:
         """Fill ``kl`` of each summary (parses those trajectories once)."""
-        from .token_view import trajectory_kl
-
         for s in summaries:
             if not s.kl_done and s.error is None:
                 traj = self.load(s)

@@ -1,4 +1,4 @@
-"""Per-token numbers of a trajectory, their colour scales, and the teacher-student KL.
+"""Per-token numbers of a trajectory and their colour scales (KL figures: :mod:`.teacher_kl`).
 
 For every token t of an episode (T tokens) the replay shows:
 
@@ -38,6 +38,7 @@ from ..objectives import ObjectiveInputs, entropy_threshold, reopold_keep_mask
 from ..trajectory import Trajectory
 from .fields import FIELD_LABELS, FIELDS
 from .loading import RunInfo
+from .teacher_kl import token_reward, trajectory_kl, turn_kl
 
 __all__ = [
     "FIELDS", "FIELD_LABELS", "ColourScale", "ImageSpan", "TokenTable", "build_token_table",
@@ -237,25 +238,6 @@ def step_entropy_threshold(trajs: list[Trajectory], beta: float) -> float | None
     return float(entropy_threshold(entropy_N, torch.ones_like(entropy_N, dtype=torch.bool), beta))
 
 
-def turn_kl(traj: Trajectory) -> dict[int, float | None]:
-    """Per assistant turn: mean over its model tokens of (logprob - teacher_logprob)."""
-    sums: dict[int, list[float]] = {}
-    for t in range(traj.num_tokens):
-        if traj.loss_mask[t] == 1:
-            sums.setdefault(traj.turn[t], [])
-            d = _diff(traj, t)
-            if d is not None:
-                sums[traj.turn[t]].append(-d)
-    return {k: (sum(v) / len(v) if v else None) for k, v in sorted(sums.items())}
-
-
-def trajectory_kl(traj: Trajectory) -> float | None:
-    """Mean over all model tokens of (logprob - teacher_logprob); None when unscored."""
-    diffs = [d for t in range(traj.num_tokens) if traj.loss_mask[t] == 1
-             if (d := _diff(traj, t)) is not None]
-    return -sum(diffs) / len(diffs) if diffs else None
-
-
 def fmt(value) -> str:
     """How every number is shown (TUI, HTML tooltips): 4 decimals, ``absent`` for None."""
     if value is None:
@@ -293,19 +275,8 @@ def _mismatch(traj: Trajectory) -> list[float | None]:
             for m, a, b in zip(traj.loss_mask, traj.trainer_logprobs, traj.logprobs)]
 
 
-def _diff(traj: Trajectory, t: int) -> float | None:
-    """R_t at model token t, or None when a log-prob is missing or not finite. The student's
-    log-prob is the trainer's own where the trajectory has one (an episode vLLM sampled): the
-    one the update's R started from."""
-    lp = traj.trainer_logprobs[t] if traj.trainer_logprobs is not None else traj.logprobs[t]
-    tl = traj.teacher_logprobs[t] if traj.teacher_logprobs is not None else None
-    if lp is None or tl is None or not math.isfinite(lp) or not math.isfinite(tl):
-        return None
-    return tl - lp
-
-
 def _rewards(traj: Trajectory) -> list[float | None]:
-    return [(_diff(traj, t) if traj.loss_mask[t] == 1 else None) for t in range(traj.num_tokens)]
+    return [(token_reward(traj, t) if traj.loss_mask[t] == 1 else None) for t in range(traj.num_tokens)]
 
 
 def _selection(traj: Trajectory, info: RunInfo, phase: str | None, threshold: float | None,
