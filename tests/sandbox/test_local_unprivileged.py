@@ -6,16 +6,19 @@ uid 0 of its own user namespace, like every program it runs).
 The driver (unprivileged_driver.py) runs under the system Python, since a virtual
 environment under /root is not readable by uid 65534. Skips only when this cannot be shown:
 not root (nobody to drop from), no system Python, repository unreadable by uid 65534, or a
-kernel that forbids unprivileged user namespaces.
+kernel that forbids unprivileged user namespaces; a skip is announced once as an
+:class:`UnprivilegedTestsSkipped` warning in the summary, saying why and how to run them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,35 +37,80 @@ def _as_nobody(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=timeout)
 
 
-def _skip_reason() -> str | None:
+class UnprivilegedTestsSkipped(UserWarning):
+    """These tests could not run here: the message says why and how to run them."""
+
+
+_USERNS_HOW = ("allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+               "user.max_user_namespaces > 0, and on Ubuntu "
+               "kernel.apparmor_restrict_unprivileged_userns=0)")
+
+
+@functools.lru_cache(maxsize=None)
+def _skip_reason() -> tuple[str, str] | None:
+    """(why these tests cannot run here, what to do about it), or None when they can."""
     if os.geteuid() != 0:
-        return "needs root to drop to uid 65534 (the rest of the suite already runs unprivileged)"
+        return ("they need root to drop to uid 65534",
+                "run this file as root, e.g. sudo .venv/bin/python -m pytest "
+                "tests/sandbox/test_local_unprivileged.py (the rest of the suite already runs "
+                "the sandbox as this ordinary user)")
     if not os.access("/home", os.W_OK):
-        return "/home is not writable (the private file of uid 65534 goes there)"
+        return ("/home is not writable (the private file of uid 65534 goes there)",
+                "run them where /home is writable")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"no system Python at {SYSTEM_PYTHON}"
+        return f"no system Python at {SYSTEM_PYTHON}", f"install python3 at {SYSTEM_PYTHON}"
     for knob in ("/proc/sys/kernel/unprivileged_userns_clone",
                  "/proc/sys/user/max_user_namespaces"):
         if os.path.exists(knob) and Path(knob).read_text().strip() == "0":
-            return f"the kernel forbids unprivileged user namespaces ({knob} = 0)"
+            return f"the kernel forbids unprivileged user namespaces ({knob} = 0)", _USERNS_HOW
     probe = _as_nobody("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc",
                        "--net", "true", timeout=30)
     if probe.returncode != 0:
-        return f"the kernel forbids unprivileged user namespaces: {probe.stderr.strip()}"
+        return (f"the kernel forbids unprivileged user namespaces: {probe.stderr.strip()}",
+                _USERNS_HOW)
     imp = _as_nobody(SYSTEM_PYTHON, "-I", "-B", "-c",
                      f"import sys; sys.path.insert(0, {str(DRIVER.parent)!r}); import unprivileged_driver as d; "
                      f"d.import_sandbox({str(REPO)!r})",
                      timeout=30)
     if imp.returncode != 0:
-        return f"uid 65534 cannot import the repository at {REPO}: {imp.stderr.strip()[-300:]}"
+        return (f"uid 65534 cannot import the repository at {REPO}: "
+                f"{imp.stderr.strip()[-300:]}",
+                "put the clone where uid 65534 can read it (every parent directory o+x, the "
+                "files o+r: e.g. under /opt or /srv, not inside a private home directory)")
     return None
+
+
+_announced: set[tuple[str, str]] = set()
+"""Skip reasons already announced as a warning (once per session, not once per mode)."""
+
+
+def _skip_loudly(reason: tuple[str, str]) -> None:
+    """Skip, warning the first time with why and how, so the summary shows it once."""
+    why, how = reason
+    message = (f"the unprivileged-sandbox tests (tests/sandbox/test_local_unprivileged.py) "
+               f"were skipped: {why}. To run them: {how}.")
+    if reason not in _announced:
+        _announced.add(reason)
+        warnings.warn(UnprivilegedTestsSkipped(message), stacklevel=2)
+    pytest.skip(message)
+
+
+def test_a_skip_is_announced_once_with_why_and_how():
+    reason = ("a reason for this test only", "a remedy for this test only")
+    with pytest.warns(UnprivilegedTestsSkipped) as record:
+        for _ in range(2):
+            with pytest.raises(pytest.skip.Exception, match="skipped: a reason for this test"):
+                _skip_loudly(reason)
+    assert len(record) == 1
+    assert str(record[0].message).endswith(
+        "skipped: a reason for this test only. To run them: a remedy for this test only.")
 
 
 @pytest.fixture(scope="module", params=list(MODES))
 def report(request) -> dict:
     reason = _skip_reason()
     if reason:
-        pytest.skip(reason)
+        _skip_loudly(reason)
     marker = f"reopold-nobody-{uuid.uuid4().hex}"
     home = Path(f"/home/{marker}")  # stands for nobody's home: private to uid 65534
     home.mkdir(mode=0o700)
