@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.envs.tool_math import ToolMathEnv
 from reopold_agent.rollout.config import RolloutConfig
 from reopold_agent.rollout.engine import EpisodeRequest, RolloutEngine

@@ -32,7 +32,7 @@ then about 60 GB for 3B.
     python benchmarks/gpu_vl_reopold_step.py --episodes 64 --turn-tokens 256
     python benchmarks/gpu_vl_reopold_step.py --device cpu --tiny     # smoke test, seconds on CPU
 
-``--tiny`` runs the same code with tiny Qwen2.5-VL models (``reopold_agent.vision.tiny`` specs
+``--tiny`` runs the same code with tiny Qwen2.5-VL models (``reopold_agent.demo.tiny_vl`` specs
 ``nano`` student, ``micro`` teacher; 1,024 embedding rows, more than the tokenizer has, like
 Qwen's) on 56x56 images.
 """
@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.envs.visual_qa import VisualQAEnv
 from reopold_agent.rollout.config import RolloutConfig
 from reopold_agent.rollout.engine import EpisodeRequest, RolloutEngine
@@ -57,7 +57,7 @@ from reopold_agent.teacher import TeacherScorer
 from reopold_agent.tool_protocol import render_tool_call
 from reopold_agent.vision import VisionProcessor
 from reopold_agent.vision.loading import enable_activation_checkpointing
-from reopold_agent.vision.tiny import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
+from reopold_agent.demo.tiny_vl import TINY_VL_SPECS, TinyVLSpec, build_tiny_processor, vision_token_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import (  # noqa: E402 - this script's neighbour

@@ -22,8 +22,8 @@ import torch
 from reopold_agent.batching import pad_right
 from reopold_agent.sequence_scoring import sequence_logprobs
 from reopold_agent.shared_prefix import group_logprobs
-from reopold_agent.embedded import gold_conversations, task_tokenizer
-from reopold_agent.tiny_models import build_causal_lm
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.tiny_models import build_causal_lm
 
 
 def rollout_rows(prompts: int, group_size: int, prompt_tokens: int, own: tuple[int, int], vocab: int,

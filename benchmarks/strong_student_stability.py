@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from reopold_agent import embedded
+from reopold_agent.demo import embedded
 from reopold_agent.cli import default_cache_dir
 from reopold_agent.cli import main as cli_main
-from reopold_agent.measured_stop import AccuracyTarget, probe_accuracy, train_to_target
+from reopold_agent.demo.measured_stop import AccuracyTarget, probe_accuracy, train_to_target
 from reopold_agent.run_logging import read_metrics
 from reopold_agent.sandbox import SandboxConfig, make_sandbox
 from reopold_agent.supervised import SupervisedConfig, SupervisedRun, tokenize_conversation

@@ -79,8 +79,8 @@ def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: b
     """
     student, teacher = config.model.student, config.model.teacher
     if student is None or (teacher is None and need_teacher):
-        from .embedded import RECIPES, ensure_embedded_models, is_built
-        from .measured_stop import EmbeddedBuildError
+        from .demo.embedded import RECIPES, ensure_embedded_models, is_built
+        from .demo.measured_stop import EmbeddedBuildError
 
         if config.task.name not in RECIPES:
             raise UsageError(f"task {config.task.name!r} has no embedded default models; name them with "
@@ -405,7 +405,7 @@ def fit_eval_to_split(config: TrainConfig, make_eval_env: Any, *, log: Any) -> T
 
 
 def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
-    from .embedded import gold_conversations
+    from .demo.embedded import gold_conversations
     from .run_directory import RunDirectoryError, check_writable, describe_os_error
     from .supervised import SupervisedConfig, supervised_train
 

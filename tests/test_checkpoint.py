@@ -115,7 +115,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_older_one(tmp_path, d
 
 def test_a_checkpoint_of_another_model_is_refused_naming_it_and_changes_nothing(tmp_path):
     _two_checkpoints(tmp_path)
-    from reopold_agent.tiny_models import TinyLMSpec, build_causal_lm
+    from reopold_agent.demo.tiny_models import TinyLMSpec, build_causal_lm
 
     other = build_causal_lm(tiny.tokenizer(), TinyLMSpec(hidden_size=32, intermediate_size=256, num_layers=1,
                                                          num_heads=4, num_kv_heads=2))  # nano's names, narrower

@@ -3,7 +3,7 @@ import torch
 
 from reopold_agent.sequence_scoring import sequence_logprobs
 from reopold_agent.teacher import TeacherScorer, VocabularyMismatch, check_vocabularies
-from reopold_agent.tiny_models import build_causal_lm, build_tokenizer
+from reopold_agent.demo.tiny_models import build_causal_lm, build_tokenizer
 from reopold_agent.trajectory import Trajectory
 from tests import tiny
 

@@ -13,7 +13,7 @@ from reopold_agent.teacher import TeacherScorer
 from reopold_agent.teacher_config import TeacherServerConfig
 from reopold_agent.teacher_scoring import TeacherError, TeacherIdMismatch, TeacherUnavailable
 from reopold_agent.teacher_server import ServerTeacher, probe_text
-from reopold_agent.tiny_models import build_tokenizer
+from reopold_agent.demo.tiny_models import build_tokenizer
 from reopold_agent.trajectory import Trajectory
 from tests import tiny
 from tests.teacher_http import ScoringServer

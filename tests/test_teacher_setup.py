@@ -8,9 +8,9 @@ import pytest
 
 from reopold_agent.cli import main
 from reopold_agent.config_loading import ConfigError, from_dict
-from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.run_logging import read_metrics
-from reopold_agent.tiny_models import build_causal_lm
+from reopold_agent.demo.tiny_models import build_causal_lm
 from reopold_agent.train_config import TrainConfig
 from tests.teacher_http import ScoringServer
 

@@ -14,10 +14,10 @@ import pytest
 
 from reopold_agent.cli import main
 from reopold_agent.commands import rollout_engine
-from reopold_agent.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.rollout.config import RolloutConfig
 from reopold_agent.run_logging import read_metrics
-from reopold_agent.tiny_models import build_causal_lm
+from reopold_agent.demo.tiny_models import build_causal_lm
 from reopold_agent.train_config import TrainConfig
 from reopold_agent.trajectory_io import read_trajectories
 from tests import tiny

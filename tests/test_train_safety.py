@@ -248,7 +248,7 @@ print('latest=' + latest_checkpoint('{out}').name)"
 
 
 def test_sft_data_skips_wrong_typed_lines_and_trains_on_the_rest(tiny_models, tmp_path, capsys):
-    from reopold_agent.embedded import gold_conversations
+    from reopold_agent.demo.embedded import gold_conversations
     from reopold_agent.trajectory import Trajectory
     from reopold_agent.trajectory_io import trajectory_to_json
 
@@ -270,7 +270,7 @@ def test_sft_data_skips_wrong_typed_lines_and_trains_on_the_rest(tiny_models, tm
 
 def test_sft_skips_a_conversation_the_template_cannot_render(tiny_models, capsys):
     from reopold_agent.commands import _tokenize_all
-    from reopold_agent.embedded import gold_conversations
+    from reopold_agent.demo.embedded import gold_conversations
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[0])

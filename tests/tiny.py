@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from reopold_agent.tiny_models import build_causal_lm, build_tokenizer
+from reopold_agent.demo.tiny_models import build_causal_lm, build_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "Use python."},
@@ -30,7 +30,7 @@ VL_PIXELS = 56 * 56
 
 def vl_model(seed: int = 0, spec: str = "nano"):
     """A tiny random Qwen2.5-VL model on the shared tokenizer."""
-    from reopold_agent.vision.tiny import build_tiny_vl
+    from reopold_agent.demo.tiny_vl import build_tiny_vl
 
     return build_tiny_vl(tokenizer(), spec, seed=seed)
 
@@ -38,7 +38,7 @@ def vl_model(seed: int = 0, spec: str = "nano"):
 def vl_vision(model, min_pixels: int = VL_PIXELS, max_pixels: int = VL_PIXELS):
     """The VisionProcessor of a tiny VL model (the real Qwen2-VL image processor)."""
     from reopold_agent.vision import VisionProcessor
-    from reopold_agent.vision.tiny import build_tiny_processor
+    from reopold_agent.demo.tiny_vl import build_tiny_processor
 
     processor = build_tiny_processor(tokenizer(), min_pixels=min_pixels, max_pixels=max_pixels)
     return VisionProcessor.for_model(model.config, processor.image_processor, min_pixels=min_pixels,
@@ -47,7 +47,7 @@ def vl_vision(model, min_pixels: int = VL_PIXELS, max_pixels: int = VL_PIXELS):
 
 def vl_checkpoint(path, seed: int = 0, spec: str = "nano"):
     """Save a tiny VL model with its processor to ``path`` (loadable with from_pretrained)."""
-    from reopold_agent.vision.tiny import build_tiny_processor, save_tiny_vl
+    from reopold_agent.demo.tiny_vl import build_tiny_processor, save_tiny_vl
 
     processor = build_tiny_processor(tokenizer(), min_pixels=VL_PIXELS, max_pixels=VL_PIXELS)
     return save_tiny_vl(vl_model(seed, spec), processor, path)
@@ -56,7 +56,7 @@ def vl_checkpoint(path, seed: int = 0, spec: str = "nano"):
 def save_tool_math_models(root):
     """A nano student and a micro teacher with the tool_math task tokenizer, saved under
     ``root/student`` and ``root/teacher``; returns the two paths."""
-    from reopold_agent.embedded import gold_conversations, task_tokenizer
+    from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 
     tok = task_tokenizer(gold_conversations("tool_math", count=40))
     for name, spec, seed in (("student", "nano", 0), ("teacher", "micro", 1)):

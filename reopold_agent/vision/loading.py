@@ -102,7 +102,7 @@ def load_processor(path_or_id: str | os.PathLike) -> Any:
     ``AutoProcessor.from_pretrained`` first (hub Qwen2-VL / Qwen2.5-VL folders, with
     ``preprocessor_config.json`` or a ``processor_config.json`` holding an ``image_processor``).
     When it gives no image processor (an image-only processor saved by
-    :mod:`reopold_agent.vision.tiny`, or no torchvision for the video processor), a Qwen2-VL-family
+    :mod:`reopold_agent.demo.tiny_vl`, or no torchvision for the video processor), a Qwen2-VL-family
     image processor from ``AutoImageProcessor`` is paired with ``AutoTokenizer``'s tokenizer in an
     :class:`ImageOnlyQwenVLProcessor`.
 

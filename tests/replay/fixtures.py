@@ -125,8 +125,8 @@ def real_run() -> Path:
     import torch
 
     from reopold_agent.cli import main
-    from reopold_agent.embedded import gold_conversations, task_tokenizer
-    from reopold_agent.tiny_models import build_causal_lm
+    from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
+    from reopold_agent.demo.tiny_models import build_causal_lm
 
     root = Path(tempfile.mkdtemp(prefix="replay_real_run_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 
 from reopold_agent.cli import main
-from reopold_agent.embedded import gold_conversations, task_tokenizer
-from reopold_agent.tiny_models import build_causal_lm
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
+from reopold_agent.demo.tiny_models import build_causal_lm
 from tests import tiny
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reopold_agent import embedded
+from reopold_agent.demo import embedded
 from reopold_agent.envs import make_env
 from reopold_agent.tasks import visual_qa
 from reopold_agent.tasks.data import split_of
-from reopold_agent.tiny_models import build_tokenizer
+from reopold_agent.demo.tiny_models import build_tokenizer
 from reopold_agent.tool_protocol import render_tool_call
 
 

@@ -22,7 +22,7 @@ from reopold_agent.teacher import TeacherScorer
 from reopold_agent.trajectory import TokenSource
 from reopold_agent.vision import VisionProcessor, mrope_position_ids
 from reopold_agent.vision.loading import load_model, load_processor
-from reopold_agent.vision.tiny import vision_token_ids
+from reopold_agent.demo.tiny_vl import vision_token_ids
 from tests import tiny
 from tests.vision.test_vl_pipeline import ZoomFirst, _check_pairing, _play
 

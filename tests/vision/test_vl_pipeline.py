@@ -229,7 +229,7 @@ def test_collated_micro_batches_carry_their_rows_pixels(student, vision):
 
 
 def test_sft_tokenizes_image_conversations_with_masked_image_tokens(vision):
-    from reopold_agent.embedded import gold_conversations
+    from reopold_agent.demo.embedded import gold_conversations
 
     conversation = gold_conversations("visual_qa", count=1)[0]
     example = tokenize_conversation(tiny.tokenizer(), conversation, vision=vision)

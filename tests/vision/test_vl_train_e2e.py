@@ -65,7 +65,7 @@ def test_two_step_vl_run_trains_stores_images_once_and_scores_with_the_same_pixe
 
 
 def test_a_text_teacher_for_a_vl_student_is_refused_in_one_line(vl_models, tmp_path, capsys):
-    from reopold_agent.tiny_models import build_causal_lm
+    from reopold_agent.demo.tiny_models import build_causal_lm
 
     text_teacher = tmp_path / "text_teacher"
     model = build_causal_lm(tiny.tokenizer(), "nano")

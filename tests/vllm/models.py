@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reopold_agent.tiny_models import TinyLMSpec, build_causal_lm, save_tiny
+from reopold_agent.demo.tiny_models import TinyLMSpec, build_causal_lm, save_tiny
 
 HEAD_DIM_32 = TinyLMSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1)
 """hidden 64 in 2 heads of 32 (one key/value head)."""

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is installed only in the vLLM test environment (.ci/run)")
 
 from reopold_agent.checkpoint import latest_checkpoint  # noqa: E402
-from reopold_agent.embedded import gold_conversations, task_tokenizer  # noqa: E402
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer  # noqa: E402
 from reopold_agent.run_logging import read_metrics  # noqa: E402
 from tests.vllm.models import HEAD_DIM_32, save_student  # noqa: E402
 from tests.vllm.serve import VLLMServer  # noqa: E402

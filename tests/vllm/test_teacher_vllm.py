@@ -16,7 +16,7 @@ from reopold_agent.teacher_config import TeacherServerConfig, TeacherVLLMConfig 
 from reopold_agent.teacher_scoring import TeacherIdMismatch  # noqa: E402
 from reopold_agent.teacher_server import ServerTeacher  # noqa: E402
 from reopold_agent.teacher_vllm import VLLMTeacher  # noqa: E402
-from reopold_agent.tiny_models import build_tokenizer  # noqa: E402
+from reopold_agent.demo.tiny_models import build_tokenizer  # noqa: E402
 from reopold_agent.trajectory import Trajectory  # noqa: E402
 from tests import tiny  # noqa: E402
 from tests.vllm.models import save_student  # noqa: E402

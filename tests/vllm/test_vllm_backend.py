@@ -13,7 +13,7 @@ from reopold_agent.rollout.config import VLLMConfig  # noqa: E402
 from reopold_agent.rollout.vllm_backend import VLLMGenerationBackend  # noqa: E402
 from reopold_agent.sequence_scoring import sequence_logprobs  # noqa: E402
 from tests import tiny  # noqa: E402
-from reopold_agent.tiny_models import build_causal_lm  # noqa: E402
+from reopold_agent.demo.tiny_models import build_causal_lm  # noqa: E402
 from tests.vllm.models import HEAD_DIM_32, save_student  # noqa: E402
 
 TOL = 2e-5

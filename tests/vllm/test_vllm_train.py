@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is installed only in the vLLM test environment (.ci/run)")
 
-from reopold_agent.embedded import gold_conversations, task_tokenizer  # noqa: E402
+from reopold_agent.demo.embedded import gold_conversations, task_tokenizer  # noqa: E402
 from reopold_agent.run_logging import read_metrics  # noqa: E402
 from reopold_agent.trajectory_io import read_trajectories  # noqa: E402
 from tests.vllm.models import HEAD_DIM_16, HEAD_DIM_32, save_student  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tests for reopold_agent/vision/tiny.py and loading.py: tiny Qwen2.5-VL models, processors, loaders."""
+"""Tests for reopold_agent/demo/tiny_vl.py and vision/loading.py: tiny Qwen2.5-VL models, processors, loaders."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-from reopold_agent.chat_template import IMAGE_PAD, IMAGE_PLACEHOLDER
+from reopold_agent.demo.chat_template import IMAGE_PAD, IMAGE_PLACEHOLDER
 from reopold_agent.sequence_scoring import sequence_logprobs
-from reopold_agent.tiny_models import build_causal_lm, save_tiny
+from reopold_agent.demo.tiny_models import build_causal_lm, save_tiny
 from reopold_agent.vision.loading import (
     ImageOnlyQwenVLProcessor,
     ModelLoadError,
@@ -21,7 +21,7 @@ from reopold_agent.vision.loading import (
     load_model,
     load_processor,
 )
-from reopold_agent.vision.tiny import (
+from reopold_agent.demo.tiny_vl import (
     TINY_VL_SPECS,
     TinyVLSpec,
     build_tiny_processor,

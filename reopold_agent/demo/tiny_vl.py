@@ -1,7 +1,7 @@
 """Offline tiny Qwen2.5-VL models and processors, saved like real checkpoints.
 
 :func:`build_tiny_vl` builds a randomly initialised ``Qwen2_5_VLForConditionalGeneration`` from a
-:class:`TinyVLSpec` for a tokenizer (e.g. :func:`reopold_agent.tiny_models.build_tokenizer`, whose
+:class:`TinyVLSpec` for a tokenizer (e.g. :func:`reopold_agent.demo.tiny_models.build_tokenizer`, whose
 ``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>`` are single tokens 7, 8, 9);
 :func:`build_tiny_processor` builds the real transformers processor classes for it and
 :func:`save_tiny_vl` writes a folder that :func:`reopold_agent.vision.loading.load_model` and
@@ -44,10 +44,9 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from reopold_agent import chat_template as ct
-from reopold_agent.tiny_models import check_attention_shape, init_tiny_model, special_token_ids
-
-from .loading import ImageOnlyQwenVLProcessor
+from ..vision.loading import ImageOnlyQwenVLProcessor
+from . import chat_template as ct
+from .tiny_models import check_attention_shape, init_tiny_model, special_token_ids
 
 VIDEO_PAD = "<|video_pad|>"
 """Qwen's video placeholder token; used as ``video_token_id`` when the tokenizer has it."""

@@ -53,7 +53,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from reopold_agent import chat_template as ct
+from . import chat_template as ct
 
 CONTROL_TOKENS = (
     ct.ENDOFTEXT,
@@ -133,7 +133,7 @@ def build_tokenizer(
 
     Returns:
         A fast tokenizer with ``pad_token="<|endoftext|>"``, ``eos_token="<|im_end|>"``, no
-        BOS, and :data:`reopold_agent.chat_template.CHATML_TOOL_TEMPLATE` attached.
+        BOS, and :data:`reopold_agent.demo.chat_template.CHATML_TOOL_TEMPLATE` attached.
     """
     del seed
     texts = _materialize(corpus)

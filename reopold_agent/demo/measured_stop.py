@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .rollout.config import RolloutConfig
-from .supervised import SupervisedRun
+from ..rollout.config import RolloutConfig
+from ..supervised import SupervisedRun
 
 
 class EmbeddedBuildError(RuntimeError):
@@ -107,11 +107,11 @@ def probe_accuracy(task: str, probe: AccuracyProbe, model: Any, tokenizer: Any, 
                    vision: Any = None, seed: int = 0) -> Callable[[], float]:
     """A function returning the greedy accuracy of ``model`` (as it is when called) on the
     probe problems of ``task``, played through its environment with tool calls in ``sandbox``."""
-    from .envs.registry import make_env
-    from .evaluation import evaluate
-    from .rollout.engine import RolloutEngine
-    from .rollout.hf_backend import HFGenerationBackend
-    from .tasks.spec import TASKS
+    from ..envs.registry import make_env
+    from ..evaluation import evaluate
+    from ..rollout.engine import RolloutEngine
+    from ..rollout.hf_backend import HFGenerationBackend
+    from ..tasks.spec import TASKS
 
     env_id = TASKS[task].env_id
     backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision)

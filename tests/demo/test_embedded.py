@@ -8,10 +8,10 @@ import torch
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reopold_agent import embedded
-from reopold_agent.measured_stop import EmbeddedBuildError
+from reopold_agent.demo import embedded
+from reopold_agent.demo.measured_stop import EmbeddedBuildError
 from reopold_agent.supervised import SupervisedConfig
-from reopold_agent.tiny_models import TINY_SPECS
+from reopold_agent.demo.tiny_models import TINY_SPECS
 
 
 def _tiny_recipe(**changes):
@@ -98,7 +98,7 @@ def test_gold_conversations_are_solved_conversations():
 
 def test_the_vision_language_recipe_builds_vl_checkpoints_through_both_stages(tmp_path, monkeypatch):
     from reopold_agent.vision.loading import is_vision_language, load_model, load_processor
-    from reopold_agent.vision.tiny import TINY_VL_SPECS
+    from reopold_agent.demo.tiny_vl import TINY_VL_SPECS
 
     sft = SupervisedConfig(steps=2, batch_size=2, lr=1e-3, warmup_steps=1)
     recipe = dataclasses.replace(embedded.RECIPES["visual_qa"], teacher_spec=TINY_VL_SPECS["nano"],

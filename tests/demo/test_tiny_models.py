@@ -1,4 +1,4 @@
-"""Tests for reopold_agent/tiny_models.py: tokenizer, tiny Qwen models, checkpoints and cache."""
+"""Tests for reopold_agent/demo/tiny_models.py: tokenizer, tiny Qwen models, checkpoints and cache."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from reopold_agent import tiny_models as tm
-from reopold_agent.chat_template import CHATML_TOOL_TEMPLATE
-from reopold_agent.tiny_models import (
+from reopold_agent.demo import tiny_models as tm
+from reopold_agent.demo.chat_template import CHATML_TOOL_TEMPLATE
+from reopold_agent.demo.tiny_models import (
     CONTROL_TOKENS,
     MARKER_FILE,
     TINY_SPECS,
@@ -265,7 +265,7 @@ def test_checkpoint_is_byte_identical_across_processes(tmp_path):
         torch.set_num_threads(1)
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_tiny_models import NANO_QWEN3, corpus
-        from reopold_agent.tiny_models import cached_tiny_checkpoint
+        from reopold_agent.demo.tiny_models import cached_tiny_checkpoint
         print(cached_tiny_checkpoint(sys.argv[1], corpus(), NANO_QWEN3, seed=5))
         """
     )

@@ -1,12 +1,12 @@
-"""Tests for reopold_agent/chat_template.py, rendered through transformers' apply_chat_template."""
+"""Tests for reopold_agent/demo/chat_template.py, rendered through transformers' apply_chat_template."""
 
 from __future__ import annotations
 
 import jinja2
 import pytest
 
-from reopold_agent.chat_template import CHATML_TOOL_TEMPLATE, IMAGE_PLACEHOLDER
-from reopold_agent.tiny_models import build_tokenizer
+from reopold_agent.demo.chat_template import CHATML_TOOL_TEMPLATE, IMAGE_PLACEHOLDER
+from reopold_agent.demo.tiny_models import build_tokenizer
 
 PYTHON_TOOL = {
     "type": "function",

@@ -1,7 +1,7 @@
 """ChatML chat template with tool calls, tool responses and image placeholders.
 
 :data:`CHATML_TOOL_TEMPLATE` is the Jinja template attached to the offline tiny tokenizer
-(:mod:`reopold_agent.tiny_models`). It follows the Qwen2.5 / Hermes layout::
+(:mod:`reopold_agent.demo.tiny_models`). It follows the Qwen2.5 / Hermes layout::
 
     <|im_start|>system
     You are a helpful assistant.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from reopold_agent.measured_stop import AccuracyTarget, EmbeddedBuildError, train_to_target
+from reopold_agent.demo.measured_stop import AccuracyTarget, EmbeddedBuildError, train_to_target
 from reopold_agent.supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
 from tests import tiny
 

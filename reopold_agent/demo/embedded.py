@@ -30,13 +30,13 @@ from typing import Any, Callable
 
 import torch
 
-from .file_lock import FileLock
+from ..file_lock import FileLock
 from .measured_stop import AccuracyProbe, AccuracyTarget, probe_accuracy, train_to_target
-from .rollout.config import RolloutConfig
-from .supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
+from ..rollout.config import RolloutConfig
+from ..supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
 from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer
-from .tool_protocol import assistant_text
-from .vision.tiny import TinyVLSpec, build_tiny_vl, save_tiny_vl
+from ..tool_protocol import assistant_text
+from .tiny_vl import TinyVLSpec, build_tiny_vl, save_tiny_vl
 
 RECIPE_VERSION = 2
 
@@ -140,7 +140,7 @@ def gold_conversations(task: str, *, count: int, seed: int = 0, split: str = "tr
     ``visual_qa`` conversations use the easy ``"dots"`` level (a tiny vision-language model can
     learn it); their user message and zoom result hold PIL images.
     """
-    from .tasks import tool_math, visual_qa
+    from ..tasks import tool_math, visual_qa
 
     makers = {
         "tool_math": (tool_math, lambda index: tool_math.make_item(split, index, seed=seed)),
@@ -164,7 +164,7 @@ def alignment_conversations(task: str, *, count: int, seed: int = 0, split: str 
     """``count`` image-to-answer conversations for the vision-alignment stage (visual_qa dots)."""
     if task != "visual_qa":
         raise ValueError(f"no alignment conversations for task {task!r}")
-    from .tasks import visual_qa
+    from ..tasks import visual_qa
 
     return [visual_qa.alignment_conversation(visual_qa.make_item(split, index, seed=seed, level="dots"))
             for index in range(count)]
@@ -195,7 +195,7 @@ def ensure_embedded_models(task: str, cache_dir: str | Path, *, sandbox: Any = N
     (needed only to build, and only for recipes with accuracy targets).
 
     Raises:
-        :class:`~reopold_agent.measured_stop.EmbeddedBuildError`: a role's measured accuracy
+        :class:`~reopold_agent.demo.measured_stop.EmbeddedBuildError`: a role's measured accuracy
             missed its band (nothing is cached).
     """
     if task not in RECIPES:
@@ -272,8 +272,8 @@ def build_embedded(recipe: EmbeddedRecipe, out_dir: Path, *, sandbox: Any = None
 
 def _tiny_processor(recipe: EmbeddedRecipe, tokenizer):
     """The tiny VL processor of a recipe and the VisionProcessor that prepares its SFT images."""
-    from .vision import VisionProcessor
-    from .vision.tiny import build_tiny_processor, vision_token_ids
+    from ..vision import VisionProcessor
+    from .tiny_vl import build_tiny_processor, vision_token_ids
 
     spec = recipe.teacher_spec
     processor = build_tiny_processor(tokenizer, min_pixels=recipe.image_pixels, max_pixels=recipe.image_pixels,
