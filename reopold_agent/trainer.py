@@ -333,7 +333,8 @@ class Trainer:
     def _resume(self) -> tuple[int, list[dict[str, Any]]]:
         """Load the newest loadable checkpoint and rewind the run's logs to its step.
 
-        Returns (its step, the metric rows kept); (0, []) when the run has no checkpoint.
+        Returns (its step, the metric rows kept, the same on every process); (0, []) when the run
+        has no checkpoint.
 
         Raises:
             RunDirectoryError: the run has complete checkpoints and none loads (named).
@@ -357,7 +358,10 @@ class Trainer:
             for bad in found.unreadable:
                 self.log(f"moved the unreadable checkpoint aside to {set_aside(bad)}")
             kept = parts.logger.rewind_to(step)
-        acc.wait_for_everyone()
+        if self.world > 1:  # only the main process reads the logs; all must agree on what is still due
+            from accelerate.utils import broadcast_object_list
+
+            kept = broadcast_object_list([kept])[0]
         parts.engine.backend.sync_weights(parts.student)
         self.log(f"resumed from step {step} ({found.path})")
         return step, kept

@@ -3,6 +3,7 @@ end to end, evaluation shared between the processes, a killed run resumed to the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,6 +40,42 @@ def _timeless(record):
     return {k: v for k, v in _comparable(record).items() if "seconds" not in k}
 
 
+def _assert_same_metrics(run_a: Path, run_b: Path) -> None:
+    """The two runs logged the same rows with the same values (wall-clock times aside)."""
+    a = {(r["step"], tuple(sorted(r))): _timeless(r) for r in read_metrics(run_a)}
+    b = {(r["step"], tuple(sorted(r))): _timeless(r) for r in read_metrics(run_b)}
+    assert a.keys() == b.keys()
+    assert len(read_metrics(run_b)) == len(read_metrics(run_a))  # no row twice
+    for key in a:
+        for name, value in a[key].items():
+            other = b[key][name]
+            assert (value is None and other is None) or other == pytest.approx(value, rel=1e-5, abs=1e-6), (key, name)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids of ``pid``'s children, grandchildren, ... (Linux ``/proc``)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _kill_launch(pid: int) -> None:
+    """SIGKILL the launcher and its training processes, as a crash of the machine would. torchrun
+    starts each training process in a session of its own, so killing the launcher's process group
+    alone would leave them running the rest of the run."""
+    workers = _descendants(pid)
+    os.killpg(pid, signal.SIGKILL)
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker, signal.SIGKILL)
+
+
 def _env():
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -64,19 +101,22 @@ def test_two_processes_train_share_the_evaluation_and_resume_a_killed_run(tiny_m
     deadline = time.time() + 300
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "step_000001"):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+    _kill_launch(proc.pid)
     proc.wait()
     assert latest.read_text().strip() == "step_000001"
     done = subprocess.run(_launch(tiny_models, broken, extra=("--resume",)), cwd=REPO, capture_output=True,
                           text=True, timeout=600, env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
-    a = {(r["step"], tuple(sorted(r))): _timeless(r) for r in read_metrics(straight)}
-    b = {(r["step"], tuple(sorted(r))): _timeless(r) for r in read_metrics(broken)}
-    assert a.keys() == b.keys()
-    for key in a:
-        for name, value in a[key].items():
-            other = b[key][name]
-            assert (value is None and other is None) or other == pytest.approx(value, rel=1e-5, abs=1e-6), (key, name)
+    assert "resumed from step 1" in done.stdout + done.stderr  # the kill stopped the training processes too
+    _assert_same_metrics(straight, broken)
+    # resuming the finished run: its final evaluation is in the log, so no process plays it again
+    # (only the main process reads the log; if the others did not learn that, they would wait in
+    # the evaluation's collectives for a main process that has left)
+    done = subprocess.run(_launch(tiny_models, broken, extra=("--resume",)), cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step 2" in done.stdout + done.stderr
+    _assert_same_metrics(straight, broken)
 
     from transformers import AutoModelForCausalLM
 
