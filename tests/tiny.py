@@ -47,10 +47,11 @@ def vl_vision(model, min_pixels: int = VL_PIXELS, max_pixels: int = VL_PIXELS):
 
 def vl_checkpoint(path, seed: int = 0, spec: str = "nano"):
     """Save a tiny VL model with its processor to ``path`` (loadable with from_pretrained)."""
-    from reopold_agent.demo.tiny_vl import build_tiny_processor, save_tiny_vl
+    from reopold_agent.demo.tiny_models import save_tiny
+    from reopold_agent.demo.tiny_vl import build_tiny_processor
 
     processor = build_tiny_processor(tokenizer(), min_pixels=VL_PIXELS, max_pixels=VL_PIXELS)
-    return save_tiny_vl(vl_model(seed, spec), processor, path)
+    return save_tiny(vl_model(seed, spec), processor, path)
 
 
 def save_tool_math_models(root):

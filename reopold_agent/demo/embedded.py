@@ -34,9 +34,9 @@ from ..file_lock import FileLock
 from .measured_stop import AccuracyProbe, AccuracyTarget, probe_accuracy, train_to_target
 from ..rollout.config import RolloutConfig
 from ..supervised import SupervisedConfig, SupervisedRun, tokenize_conversation
-from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer
+from .tiny_models import TINY_SPECS, TinyLMSpec, build_causal_lm, build_tokenizer, save_tiny
 from ..tool_protocol import assistant_text
-from .tiny_vl import TinyVLSpec, build_tiny_vl, save_tiny_vl
+from .tiny_vl import TinyVLSpec, build_tiny_vl
 
 RECIPE_VERSION = 2
 
@@ -314,11 +314,7 @@ def _build_role(recipe: EmbeddedRecipe, role: str, tokenizer, examples, aligned,
             else:
                 run.advance((config.stop_after or config.steps) - run.step, on_step=on_step)
             entry["final_loss"] = run.finish()
-    if processor is not None:
-        save_tiny_vl(model, processor, out_dir / role)
-    else:
-        model.save_pretrained(out_dir / role)
-        tokenizer.save_pretrained(out_dir / role)
+    save_tiny(model, tokenizer if processor is None else processor, out_dir / role)
     entry["params"] = sum(p.numel() for p in model.parameters())
     entry["seconds"] = time.perf_counter() - start
     log(f"  {role}: {entry['params']:,} parameters, final loss {entry['final_loss']:.3f}, {entry['seconds']:.0f} s")

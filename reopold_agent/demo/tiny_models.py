@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import tokenizers
 import torch
@@ -295,14 +296,23 @@ def init_tiny_model(model_cls: type, config: object, ids: dict[str, int], *, see
     return model.eval()
 
 
-def save_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> Path:
-    """Saves model, generation config and tokenizer into ``path`` (created if missing)."""
+def save_tiny(model: PreTrainedModel, tokenizer_or_processor: Any, path: str | os.PathLike) -> Path:
+    """Saves a tiny model, text or vision-language, into ``path`` (created if missing).
+
+    Args:
+        model: from :func:`build_causal_lm` or :func:`~reopold_agent.demo.tiny_vl.build_tiny_vl`.
+        tokenizer_or_processor: the text model's tokenizer, or the VL model's processor
+            (:func:`~reopold_agent.demo.tiny_vl.build_tiny_processor`), which saves its
+            ``processor_config.json``, the tokenizer files and the chat template.
+        path: the checkpoint folder.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if model.generation_config.eos_token_id is None:
+        tokenizer = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    tokenizer_or_processor.save_pretrained(path)
     return path
 
 

@@ -4,7 +4,8 @@
 :class:`TinyVLSpec` for a tokenizer (e.g. :func:`reopold_agent.demo.tiny_models.build_tokenizer`, whose
 ``<|vision_start|>``, ``<|vision_end|>``, ``<|image_pad|>`` are single tokens 7, 8, 9);
 :func:`build_tiny_processor` builds the real transformers processor classes for it and
-:func:`save_tiny_vl` writes a folder that :func:`reopold_agent.vision.loading.load_model` and
+:func:`~reopold_agent.demo.tiny_models.save_tiny` (the text models' save, given the processor)
+writes a folder that :func:`reopold_agent.vision.loading.load_model` and
 :func:`~reopold_agent.vision.loading.load_processor` read back through ``from_pretrained``.
 
 Choices:
@@ -30,9 +31,7 @@ Choices:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -262,15 +261,6 @@ def build_tiny_processor(
 
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                video_processor=Qwen2VLVideoProcessor(**sizes), chat_template=chat_template)
-
-
-def save_tiny_vl(model: Qwen2_5_VLForConditionalGeneration, processor: Any, path: str | os.PathLike) -> Path:
-    """Saves model, generation config, processor and tokenizer into ``path`` (created if missing)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)  # processor_config.json, tokenizer files, chat template
-    return path
 
 
 def _text_config(spec: TinyVLSpec, vocab_size: int, special: dict[str, int]) -> dict[str, Any]:

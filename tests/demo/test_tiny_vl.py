@@ -26,7 +26,6 @@ from reopold_agent.demo.tiny_vl import (
     TinyVLSpec,
     build_tiny_processor,
     build_tiny_vl,
-    save_tiny_vl,
     vision_token_ids,
 )
 from tests.tiny import tokenizer as tiny_tokenizer
@@ -66,7 +65,7 @@ def processor(tok):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, model, processor):
-    return save_tiny_vl(model, processor, tmp_path_factory.mktemp("tiny_vl") / "ckpt")
+    return save_tiny(model, processor, tmp_path_factory.mktemp("tiny_vl") / "ckpt")
 
 
 @pytest.fixture(scope="module")
