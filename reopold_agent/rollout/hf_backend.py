@@ -11,6 +11,14 @@ lengths are exact (a row's logits do not depend on the padding of others, up to 
 batched kernels, ~1e-7 on CPU). Sampling is batch-invariant (:mod:`.sampling`): each row draws
 from counter-based noise keyed by its own seed and decode step, never from a shared RNG.
 
+With ``static_cache`` the keys and values live in a ``StaticCache`` allocated once per batch at
+its final length (longest prompt plus largest budget), and every decode step gets the same
+shapes: the attention mask is allocated at that length too, with the positions not yet written
+masked out. Same tokens and log-probs as the growing cache up to float rounding; what it buys is
+a decode step that ``compile_decode`` can compile once (``torch.compile`` with
+``mode="reduce-overhead"``: CUDA graphs on a GPU) instead of a step whose shapes change with
+every token.
+
 Vision-language students (given a :class:`~reopold_agent.vision.VisionProcessor`): rows carry
 their pixel inputs as ``extra_inputs[b]["vision"]``; the prefill gets the batch's pixel values,
 patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), and each
@@ -25,7 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from ..vision.positions import next_positions
 from ..vision.processing import VisionProcessor
@@ -45,12 +53,20 @@ class HFGenerationBackend(GenerationBackend):
             Decode steps of a small model are short ops; when tools run on the same cores,
             several threads wait on each other more than they compute. The prefill (one large
             forward over the whole context) keeps the process's threads.
+        static_cache: decode over a preallocated ``StaticCache`` with fixed-shape steps.
+        compile_decode: compile the decode step (``torch.compile``, ``mode="reduce-overhead"``;
+            needs ``static_cache``). The prefill runs uncompiled.
     """
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
-                 vision: VisionProcessor | None = None, cpu_threads: int | None = None) -> None:
+                 vision: VisionProcessor | None = None, cpu_threads: int | None = None,
+                 static_cache: bool = False, compile_decode: bool = False) -> None:
         if cpu_threads is not None and cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or None, got {cpu_threads}")
+        if compile_decode and not static_cache:
+            raise ValueError("compile_decode needs static_cache: a growing cache changes the step's shapes every token")
+        if static_cache and vision is not None:
+            raise ValueError("static_cache is implemented for text students only")
         self.model = model
         self.pad_token_id = pad_token_id
         self.max_batch_rows = max_batch_rows
@@ -58,6 +74,8 @@ class HFGenerationBackend(GenerationBackend):
         self.cpu_threads = cpu_threads
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.static_cache = static_cache
+        self._decode_step = torch.compile(self._forward_last, mode="reduce-overhead") if compile_decode else None
 
     def generate(
         self,
@@ -119,7 +137,12 @@ class HFGenerationBackend(GenerationBackend):
         budget_B = torch.tensor(budgets, device=device)
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
         keys_B = row_keys(seeds, device)
-        cache = _new_cache(self.model)
+        if self.static_cache:
+            cache = StaticCache(config=self.model.config, max_cache_len=width + max(budgets))
+            # the mask spans the whole cache from the start; slots are unmasked as they are written
+            attn_BL = torch.cat([attn_BL, torch.zeros((B, max(budgets)), dtype=attn_BL.dtype, device=device)], 1)
+        else:
+            cache = _new_cache(self.model)
 
         tokens, logps, ents = [], [], []
         done_B = torch.zeros(B, dtype=torch.bool, device=device)
@@ -127,7 +150,7 @@ class HFGenerationBackend(GenerationBackend):
         handed_B = torch.zeros(B, dtype=torch.bool, device=device)
         step_ids, step_pos = ids_BL, pos_BL
         for t in range(int(budget_B.max())):
-            logits_BV = self._forward_last(step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
+            logits_BV = self._step(t, step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
             if t == 0 and decode_threads is not None:
                 torch.set_num_threads(decode_threads)
             logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
@@ -148,9 +171,20 @@ class HFGenerationBackend(GenerationBackend):
                 break
             if t == 0 and step_pos.ndim == 3:  # 3D positions: continue each row after its largest one
                 step_pos = next_positions(step_pos, attn_BL)[None, :, None].expand(3, -1, 1) - 1
-            attn_BL = torch.cat([attn_BL, torch.ones_like(attn_BL[:, :1])], dim=1)
+            if self.static_cache:
+                attn_BL[:, width + t] = 1
+            else:
+                attn_BL = torch.cat([attn_BL, torch.ones_like(attn_BL[:, :1])], dim=1)
             step_ids, step_pos = next_B[:, None], step_pos[..., -1:] + 1
         return _collect(tokens, logps, ents, budgets, stopped_B, stop_ids)
+
+    def _step(self, t: int, ids, attn, pos, cache, extra) -> torch.Tensor:
+        """[B, V] logits of the last position: the prefill at ``t == 0``, then a decode step
+        (compiled with ``compile_decode``; its output is copied before the next replay)."""
+        if t == 0 or self._decode_step is None:
+            return self._forward_last(ids, attn, pos, cache, extra)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._decode_step(ids, attn, pos, cache, extra).clone()
 
     def _forward_last(self, ids, attn, pos, cache, extra) -> torch.Tensor:
         out = self.model(

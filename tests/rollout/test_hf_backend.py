@@ -110,3 +110,28 @@ def test_rows_are_handed_over_as_soon_as_they_stop():
         assert [gen for _, gen, _ in sorted(handed, key=lambda h: h[0])] == gens
         if max_rows == 256:  # one forward per decode step: handed over after steps 2, 5 and 9
             assert [at for _, _, at in handed] == [2, 5, 9]
+
+
+def test_a_static_cache_samples_the_same_tokens_and_log_probs_as_the_growing_cache():
+    """Same seeds, left-padded rows of different lengths and budgets, a stop token: same
+    tokens, finish reasons and (to float rounding) log-probs and entropies."""
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    prompts, budgets, seeds = [prompt, prompt[:9], prompt[:4] * 2], [24, 7, 24], [5, 6, 7]
+    params = SamplingParams(temperature=1.3, stop_token_ids=(tok.eos_token_id,))
+    growing = HFGenerationBackend(m, pad_token_id=tok.pad_token_id).generate(prompts, budgets, params, seeds=seeds)
+    static = HFGenerationBackend(m, pad_token_id=tok.pad_token_id, static_cache=True)
+    fixed = static.generate(prompts, budgets, params, seeds=seeds)
+    assert [len(g.token_ids) for g in growing] == [24, 7, 24]
+    for a, b in zip(growing, fixed):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(b.entropy), torch.tensor(a.entropy), atol=1e-5, rtol=0)
+    stop_all = tuple(range(len(tok)))
+    stopped = static.generate([prompt] * 2, [5, 5], SamplingParams(stop_token_ids=stop_all), seeds=[0, 1])
+    assert [len(g.token_ids) for g in stopped] == [1, 1] and all(g.finish_reason == "stop" for g in stopped)
+
+
+def test_compiling_the_decode_step_needs_the_static_cache():
+    with pytest.raises(ValueError, match="compile_decode needs static_cache"):
+        HFGenerationBackend(tiny.model("nano"), pad_token_id=0, compile_decode=True)
