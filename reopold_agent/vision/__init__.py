@@ -1,4 +1,5 @@
-"""Vision-language support: image processing, placeholder expansion, 3D positions, tiny VL models.
+"""Vision-language support: image processing, placeholder expansion, 3D positions (tiny VL
+models for tests and the demo: :mod:`reopold_agent.demo.tiny_vl`).
 
 Text and vision-language students share one rollout engine, teacher scorer and trainer; this
 package holds the only image-specific pieces they call.
