@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import defaultdict
 from typing import Any, Callable, ContextManager
 
 import torch
@@ -21,6 +20,7 @@ from .activation_checkpointing import checkpointing_in_effect
 from .batching import TrainBatch
 from .objectives import LossScope, ObjectiveInputs, get_objective, loss_scope
 from .sequence_scoring import as_scorer
+from .step_stats import StepStats
 from .train_config import ObjectiveConfig, OptimConfig
 
 Gather = Callable[[Tensor], Tensor]
@@ -58,7 +58,8 @@ def policy_update(
     vision: Any = None,
     no_sync: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
-    """Run the optimiser steps of one training step on ``batch`` and return averaged stats.
+    """Run the optimiser steps of one training step on ``batch`` and return its statistics over
+    every micro-batch and process (:mod:`reopold_agent.step_stats`).
 
     ``model`` is the student's :class:`~reopold_agent.sequence_scoring.SequenceScorer` as the
     engine wrapped it (DDP/FSDP synchronise its gradients in its backward), or a bare causal LM
@@ -78,7 +79,7 @@ def policy_update(
     scorer = as_scorer(model)
     device = next(scorer.parameters()).device
     mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
-    totals: dict[str, list[float]] = defaultdict(list)
+    totals = StepStats()
     step_scope = _loss_scope(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
     with checkpointing_in_effect(scorer):
         for mini_rows in mini_batches:
@@ -94,13 +95,12 @@ def policy_update(
                     loss, stats = _micro_loss(scorer, fn, config, mini.select(micro_rows).to(device), step=step,
                                               scope=scope, chunk_rows=chunk_rows, vision=vision)
                     backward(loss)
-                for key, value in stats.items():
-                    totals[key].append(value)
-            totals["train/grad_norm"].append(float(clip_grad(optim.grad_clip)))
+                totals.add(stats)
+            totals.add({"train/grad_norm": float(clip_grad(optim.grad_clip))})
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-    return _step_stats(totals, optim.mini_batches, float(scheduler.get_last_lr()[0]))
+    return {**totals.result(gather, optimizer_steps=optim.mini_batches), "train/lr": float(scheduler.get_last_lr()[0])}
 
 
 def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -130,28 +130,6 @@ def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, scope: Loss
         token_weights=micro.token_weights_BT,
     )
     return fn(inputs, step=step, config=config)
-
-
-def _step_stats(totals: dict[str, list[float]], mini_batches: int, lr: float) -> dict[str, float]:
-    """The step's stats from the per-micro-batch values: means, with counts summed and
-    shares of valid tokens weighted by each micro-batch's count."""
-    out = {key: sum(v) / len(v) for key, v in totals.items()}
-    for key in ("objective/num_valid", "objective/num_selected"):  # counts add up over the step
-        if key in totals:
-            out[key] = float(sum(totals[key]))
-    if "objective/rho_max" in totals:
-        out["objective/rho_max"] = max(totals["objective/rho_max"])
-    if totals.get("objective/num_valid") and sum(totals["objective/num_valid"]):
-        # shares of valid tokens: weighted by each micro-batch's count, as over the whole step
-        weights = totals["objective/num_valid"]
-        for key in ("objective/rho_mean", "objective/rho_off_frac"):
-            if key in totals:
-                out[key] = sum(w * v for w, v in zip(weights, totals[key])) / sum(weights)
-    if out.get("objective/num_valid"):
-        out["objective/selected_ratio"] = out["objective/num_selected"] / out["objective/num_valid"]
-    out["objective/loss"] = sum(totals.get("objective/loss", [0.0])) / max(mini_batches, 1)
-    out["train/lr"] = lr
-    return out
 
 
 def _loss_scope(batch: TrainBatch, settings: ObjectiveConfig, config: Any, step: int,

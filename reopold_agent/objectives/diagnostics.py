@@ -72,10 +72,13 @@ def token_stats(valid_BT: Tensor, keep_BT: Tensor, rho_BT: Tensor, clipped_BT: T
     }
 
 
-def to_floats(stats: dict[str, Tensor | float]) -> dict[str, float]:
-    """Converts 0-dim tensors to Python floats with a single device sync, keeping key order."""
-    keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
+def to_floats(stats: dict[str, Tensor | float]) -> dict[str, float | Tensor]:
+    """Converts 0-dim tensors to Python floats with a single device sync, keeping key order.
+
+    Token values under ``*_values`` (1-D, for percentiles over a whole step: see
+    :mod:`reopold_agent.step_stats`) stay tensors, detached."""
+    keys = [k for k, v in stats.items() if isinstance(v, Tensor) and not k.endswith("_values")]
     values = (torch.stack([stats[k].detach().to(torch.float64).reshape(()) for k in keys])
               .tolist() if keys else [])
     converted = dict(zip(keys, values))
-    return {k: float(converted.get(k, v)) for k, v in stats.items()}
+    return {k: v.detach() if k.endswith("_values") else float(converted.get(k, v)) for k, v in stats.items()}

@@ -165,6 +165,7 @@ def reopold_objective(batch: ObjectiveInputs, *, step: int,
                 (reward_BT < config.floor).to(reward_BT.dtype), valid_BT),
             "objective/reward_mean": masked_mean(reward_BT, valid_BT),
             **nearest_rank_percentiles(reward_BT[valid_BT], "objective/reward"),
+            "objective/reward_values": reward_BT.detach()[valid_BT],
             "objective/entropy_threshold": float("nan") if tau is None else tau,
         }
     return loss, to_floats(stats)

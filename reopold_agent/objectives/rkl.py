@@ -47,6 +47,7 @@ def _rkl(batch: ObjectiveInputs, config: RklConfig, name: str,
     with torch.no_grad():
         stats["objective/reward_mean"] = masked_mean(reward_BT, valid_BT)
         stats.update(nearest_rank_percentiles(reward_BT.detach()[valid_BT], "objective/reward"))
+        stats["objective/reward_values"] = reward_BT.detach()[valid_BT]
     return loss, to_floats(stats)
 
 

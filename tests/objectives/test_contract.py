@@ -18,7 +18,7 @@ COMMON_KEYS = {"objective/loss", "objective/num_valid", "objective/num_selected"
                "objective/rho_max", "objective/rho_off_frac", "objective/entropy_mean"}
 REOPOLD_KEYS = COMMON_KEYS | {
     "objective/phase", "objective/below_floor_frac", "objective/reward_mean",
-    "objective/reward_p10", "objective/reward_p50", "objective/reward_p90",
+    "objective/reward_p10", "objective/reward_p50", "objective/reward_p90", "objective/reward_values",
     "objective/entropy_threshold"}
 # reopold in both phases; others ignore step.
 CASES = [(name, step) for name in NAMES for step in ((0, 5) if name == "reopold" else (0,))]
@@ -59,7 +59,9 @@ def test_registry_names_and_lookup():
 def test_returns_scalar_loss_and_float_stats(name, step):
     loss, stats = OBJECTIVES[name](_batch(), step=step, config=_config(name))
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
-    assert all(isinstance(k, str) and type(v) is float for k, v in stats.items())
+    assert all(isinstance(k, str) and type(v) is float for k, v in stats.items() if not k.endswith("_values"))
+    for key in (k for k in stats if k.endswith("_values")):  # token values, for a whole step's percentiles
+        assert stats[key].shape == (stats["objective/num_valid"],) and not stats[key].requires_grad
     assert COMMON_KEYS <= stats.keys()
     if name == "reopold":
         assert stats.keys() == REOPOLD_KEYS
@@ -84,6 +86,9 @@ def test_masked_positions_get_exactly_zero_gradient_and_never_leak(name, step):
     assert torch.equal(grad, clean.logprobs.grad)
     assert grad[~masked].abs().sum() > 0
     for key, value in stats_p.items():
+        if key.endswith("_values"):
+            assert torch.equal(value, stats_c[key]), key
+            continue
         assert value == stats_c[key] or (math.isnan(value) and math.isnan(stats_c[key])), key
 
 
