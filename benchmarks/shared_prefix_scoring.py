@@ -51,6 +51,7 @@ def padded(model, rows: list[list[int]], batch_rows: int) -> list[torch.Tensor]:
     return out
 
 
+@torch.no_grad()
 def shared(model, groups: list[list[list[int]]], prompt_tokens: int) -> list[torch.Tensor]:
     return [logp for rows in groups for logp, _ in group_logprobs(model, rows, prompt_tokens, pad_token_id=0)]
 

@@ -1,4 +1,4 @@
-"""No-grad scoring of sequences that share a prefix, with the prefix computed once.
+"""Scoring sequences that share a prefix, with the prefix computed once.
 
 The G rollouts of one prompt start with the same tokens (system prompt, tool schemas, question),
 often most of each sequence. Scoring them one by one runs the model over that prefix G times.
@@ -56,14 +56,15 @@ def prefix_groups(token_ids: list[list[int]], first_scored: list[int], *, min_ro
     return groups, singles
 
 
-@torch.no_grad()
 def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, pad_token_id: int,
                    with_entropy: bool = False, chunk_rows: int = 1024) -> list[tuple[Tensor, Tensor | None]]:
     """Per row ([T] log-probs, [T] entropies or None) of G rows that share ``prefix_len`` tokens.
 
     Position t holds ``log p(ids[t] | ids[:t])`` (float32; position 0 holds 0), as
     :func:`~reopold_agent.sequence_scoring.sequence_logprobs` does; the entropy at t is that of
-    the distribution that predicted token t.
+    the distribution that predicted token t. Called with gradients enabled, the log-probs are
+    differentiable: the prefix's activations, computed once, receive the sum of the G rows'
+    gradients, so the parameters' gradient equals that of scoring each whole row.
     """
     P = prefix_len
     if not token_ids or any(len(ids) <= P or ids[:P] != token_ids[0][:P] for ids in token_ids):

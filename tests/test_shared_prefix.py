@@ -43,3 +43,27 @@ def test_group_logprobs_refuse_rows_without_the_prefix():
         group_logprobs(model, [[1, 2, 3, 4], [1, 2, 5, 4]], 3, pad_token_id=0)
     with pytest.raises(ValueError, match="continue after them"):
         group_logprobs(model, [[1, 2, 3, 4], [1, 2, 3]], 3, pad_token_id=0)
+
+
+def test_group_logprobs_give_the_whole_rows_gradient():
+    """The prefix runs once; its activations collect every row's gradient, exactly."""
+    torch.manual_seed(1)
+    prefix = torch.randint(3, 200, (17,)).tolist()
+    rows = [prefix + torch.randint(3, 200, (n,)).tolist() for n in (5, 12, 2)]
+    weights = [torch.randn(len(r)) for r in rows]
+
+    def grads(shared):
+        model = tiny.model(seed=5)
+        if shared:
+            scored = [logp for logp, _ in group_logprobs(model, rows, len(prefix), pad_token_id=0)]
+        else:
+            ids, attn = pad_right(rows, 0)
+            logp_BT, _ = sequence_logprobs(model, ids, attn)
+            scored = [logp_BT[b, :len(r)] for b, r in enumerate(rows)]
+        sum((w * logp).sum() for w, logp in zip(weights, scored)).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    shared, whole = grads(True), grads(False)
+    assert shared.keys() == whole.keys() and shared
+    for name in whole:
+        torch.testing.assert_close(shared[name], whole[name], atol=1e-5, rtol=1e-4)
