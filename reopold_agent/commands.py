@@ -304,7 +304,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     scorer, optimizer = accelerator.prepare(SequenceScorer(student), optimizer)
     engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path,
                             processes=accelerator.num_processes)
-    logger = RunLogger(config.output_dir)
+    logger = RunLogger(config.output_dir, logging=config.logging)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
         sandbox=dataclasses.replace(config.sandbox, e2b_api_key="<redacted>" if config.sandbox.e2b_api_key else None),

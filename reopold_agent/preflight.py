@@ -23,15 +23,27 @@ def check_inputs(config: TrainConfig, *, command: str, data: str | None = None, 
     file, and the ``--env`` module.
 
     Raises:
-        UsageError: a model folder or data file that does not exist, or an ``--env`` module
-            that cannot be imported.
+        UsageError: a model folder or data file that does not exist, an ``--env`` module
+            that cannot be imported, or ``logging.wandb`` without the wandb package.
     """
+    if command == "train":
+        check_logging(config)
     check_model_path(config.model.student, "model.student")
     if teacher or (command == "train" and config.objective.name != "grpo"):
         check_model_path(config.model.teacher, "model.teacher")
     if data is not None:
         check_file(data, "--data")
     import_env_module(config.task.env_id)
+
+
+def check_logging(config: TrainConfig) -> None:
+    """Refuse ``logging.wandb: true`` where the ``wandb`` package is not installed."""
+    from .wandb_logging import WandbMissing, check_wandb_installed
+
+    try:
+        check_wandb_installed(config.logging)
+    except WandbMissing as exc:
+        raise UsageError(str(exc)) from None
 
 
 def names_local_folder(value: str) -> bool:

@@ -26,7 +26,8 @@ from typing import Callable
 
 from .file_lock import FileLock, LockHeld, read_holder
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "tensorboard", "trajectories", "checkpoints", "images", "plots")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "tensorboard", "wandb", "trajectories", "checkpoints", "images",
+               "plots")
 """What a training writes into its run directory; ``overwrite`` removes these and nothing else."""
 LOCK_NAME = ".lock"
 

@@ -1,10 +1,12 @@
-"""What a run writes besides checkpoints: metrics (JSON Lines + TensorBoard) and trajectories.
+"""What a run writes besides checkpoints: metrics (JSON Lines + TensorBoard, optionally
+Weights & Biases) and trajectories.
 
 Run directory layout::
 
     config.yaml                    the resolved configuration
     metrics.jsonl                  one JSON object per step: {"step": k, "<namespace>/<name>": value, ...}
     tensorboard/                   the same scalars as TensorBoard events
+    wandb/                         W&B's local files, with ``logging.wandb: true``
     trajectories/step_000012.jsonl every episode of step 12 (trajectory JSONL format)
     trajectories/eval_000012.jsonl evaluation episodes at step 12
 """
@@ -25,6 +27,7 @@ from .run_directory import RunDirectoryError, describe_os_error
 from .trajectory import Trajectory
 from .trajectory_io import write_trajectories
 from .vision.storage import save_trajectory_images
+from .wandb_logging import LoggingConfig, WandbRun
 
 
 class RunLogger:
@@ -33,14 +36,22 @@ class RunLogger:
     Args:
         run_dir: the run's output directory (created if missing).
         tensorboard: also write TensorBoard events.
+        logging: the ``logging`` section; with ``wandb`` on, metrics also go to a W&B run,
+            started at the first :meth:`save_config` or :meth:`log_metrics` (so only the
+            process that logs starts one).
+
+    Raises:
+        WandbMissing: ``logging.wandb`` is on and the ``wandb`` package is not installed.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True,
+                 logging: LoggingConfig | None = None) -> None:
         self.run_dir = Path(run_dir)
         with self._writing(self.run_dir):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._tensorboard = tensorboard
+        self._wandb = WandbRun(logging, self.run_dir) if logging is not None and logging.wandb else None
         self._tb = self._open_tensorboard()
 
     def _open_tensorboard(self, purge_step: int | None = None):
@@ -54,6 +65,8 @@ class RunLogger:
     def save_config(self, config: dict[str, Any]) -> None:
         with self._writing(self.run_dir / "config.yaml"):
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        if self._wandb is not None:
+            self._wandb.start(config)
 
     def rewind_to(self, step: int) -> list[dict[str, Any]]:
         """Make the run directory what it was when checkpoint ``step`` was saved; used on resume.
@@ -64,8 +77,11 @@ class RunLogger:
         are dropped), removes the trajectory files of later training steps
         (``step_<k>.jsonl``, k >= step) and evaluations (``eval_<k>``, k > step), and hides
         TensorBoard events from ``step`` on (``purge_step``), writing back the kept
-        evaluation rows of ``step``. Returns the kept metric records.
+        evaluation rows of ``step``. A W&B run started after this is a new one, named as
+        resumed at ``step``. Returns the kept metric records.
         """
+        if self._wandb is not None:
+            self._wandb.resumed_at = step
         kept: list[dict[str, Any]] = []
         lines = self.metrics_path.read_text(errors="replace").splitlines() if self.metrics_path.exists() else []
         out = []
@@ -96,6 +112,8 @@ class RunLogger:
             with open(self.metrics_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             self._add_scalars(step, metrics)
+        if self._wandb is not None:
+            self._wandb.log(step, record)
 
     def _add_scalars(self, step: int, metrics: dict[str, Any]) -> None:
         if self._tb is None:
@@ -124,6 +142,8 @@ class RunLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

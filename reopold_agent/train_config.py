@@ -17,6 +17,7 @@ from .objectives.config import GrpoConfig, ReopoldConfig, RklConfig
 from .rollout.config import RolloutConfig
 from .sandbox import SandboxConfig
 from .teacher_config import TeacherConfig, check_placement
+from .wandb_logging import LoggingConfig
 
 ObjectiveName = Literal["reopold", "rkl", "rkl_sg", "grpo", "sft"]
 
@@ -174,6 +175,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     output_dir: str = "runs/latest"
 
     def __post_init__(self) -> None:
