@@ -30,6 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .lora import checkpoint_weights, load_checkpoint_weights
+
 COMPLETE = "COMPLETE"
 
 
@@ -227,7 +229,7 @@ def load_checkpoint(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: 
     if not {"optimizer", "scheduler"} <= opt.keys() or not {"step", "rng"} <= state.keys():
         raise CheckpointError(f"{checkpoint}: optimizer.pt or state.pt lacks its entries", checkpoint)
     _check_optimizer(checkpoint / "optimizer.pt", opt["optimizer"], optimizer)
-    model.load_state_dict(weights, strict=False)
+    load_checkpoint_weights(model, weights)
     if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         model.tie_weights()
     optimizer.load_state_dict(opt["optimizer"])
@@ -247,8 +249,9 @@ def set_aside(checkpoint: Path) -> Path:
 
 
 def _check_weights(checkpoint: Path, weights: dict[str, torch.Tensor], model: Any) -> None:
-    """Same tensor names (a tied ``lm_head`` may be absent) and shapes as ``model``."""
-    own = model.state_dict()
+    """Same tensor names (a tied ``lm_head`` may be absent) and shapes as ``model`` (as a
+    LoRA student's checkpoint holds them: its adapter's alone)."""
+    own = checkpoint_weights(model)
     unexpected = sorted(set(weights) - set(own))
     missing = sorted(k for k in set(own) - set(weights) if "lm_head" not in k)
     if unexpected or missing:

@@ -18,6 +18,7 @@ import torch
 from .cli import UsageError
 from .config_loading import to_dict
 from .config_ranges import FieldError
+from .lora import adapted_model, save_merged, trainable_parameters
 from .lr_schedule import lr_multiplier
 from .train_config import TrainConfig
 
@@ -287,6 +288,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         from .vision.loading import enable_activation_checkpointing
 
         enable_activation_checkpointing(student)
+    student = with_lora(student, config)
     teacher = None
     if need_teacher:
         teacher = build_teacher(config, teacher_path, tokenizer, student=student, vision=vision,
@@ -301,9 +303,9 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # The engine wraps the scorer, whose forward is the chunked backbone + head scoring, so its
     # hooks (DDP's gradient synchronisation) fire; the scheduler stays unprepared: it steps once
     # per optimiser step, not once per process.
-    scorer, optimizer = accelerator.prepare(SequenceScorer(student), optimizer)
-    engine = rollout_engine(student, tokenizer, config, vision, sampler=config.rollout.backend, path=student_path,
-                            processes=accelerator.num_processes)
+    scorer, optimizer = accelerator.prepare(SequenceScorer(adapted_model(student)), optimizer)
+    engine = rollout_engine(adapted_model(student), tokenizer, config, vision, sampler=config.rollout.backend,
+                            path=student_path, processes=accelerator.num_processes)
     logger = RunLogger(config.output_dir, logging=config.logging)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
@@ -326,8 +328,33 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         if teacher is not None:
             teacher.close()
     if accelerator.is_main_process:
+        if config.model.lora is not None:
+            out = save_merged(student, Path(config.output_dir) / "merged", tokenizer=tokenizer,
+                              image_processor=getattr(vision, "image_processor", None))
+            _log(f"saved the student with its adapter merged to {out} (the adapter alone: checkpoints/)")
         _print_summary(config.output_dir, final)
     return 0
+
+
+def with_lora(student: Any, config: TrainConfig) -> Any:
+    """``student`` wrapped in a fresh LoRA adapter when ``model.lora`` asks for one (its base
+    weights frozen), else ``student`` itself.
+
+    Raises:
+        UsageError: ``peft`` is not installed, or no module matches ``model.lora.target_modules``.
+    """
+    if config.model.lora is None:
+        return student
+    from .lora import LoraUnavailable, attach_lora, trainable_parameters
+
+    try:
+        wrapped = attach_lora(student, config.model.lora, seed=config.train.seed)
+    except (LoraUnavailable, ValueError) as exc:
+        raise UsageError(f"model.lora: {_first_line(exc)}") from None
+    trained = sum(p.numel() for p in trainable_parameters(wrapped))
+    total = sum(p.numel() for p in wrapped.parameters())
+    _log(f"LoRA adapter (r={config.model.lora.r}): training {trained:,} of the student's {total:,} parameters")
+    return wrapped
 
 
 def check_processes(config: TrainConfig) -> None:
@@ -366,15 +393,16 @@ def make_accelerator(mixed_precision: str, *, vision_language: bool, cpu: bool) 
 
 
 def make_optimizer(student: Any, config: TrainConfig) -> Any:
-    """AdamW over the student's parameters: torch's (fp32 state), or bitsandbytes' 8-bit AdamW
+    """AdamW over the student's trainable parameters: torch's (fp32 state), or bitsandbytes' 8-bit AdamW
     (``train.optimizer: adamw_8bit``, CUDA only: its state takes a quarter of the memory).
 
     Raises:
         UsageError: 8-bit AdamW asked for without a CUDA GPU or without bitsandbytes.
     """
     kwargs = {"lr": config.train.lr, "weight_decay": config.train.weight_decay}
+    params = trainable_parameters(student)  # a LoRA student's adapter only
     if config.train.optimizer == "adamw":
-        return torch.optim.AdamW(student.parameters(), **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
     if next(student.parameters()).device.type != "cuda":
         raise UsageError("train.optimizer=adamw_8bit runs on a CUDA GPU only (bitsandbytes); use train.optimizer=adamw "
                          "on the CPU")
@@ -382,7 +410,7 @@ def make_optimizer(student: Any, config: TrainConfig) -> Any:
         import bitsandbytes
     except ImportError:
         raise UsageError("train.optimizer=adamw_8bit needs bitsandbytes: pip install bitsandbytes") from None
-    return bitsandbytes.optim.AdamW8bit(student.parameters(), **kwargs)
+    return bitsandbytes.optim.AdamW8bit(params, **kwargs)
 
 
 def fit_eval_to_split(config: TrainConfig, make_eval_env: Any, *, log: Any) -> TrainConfig:

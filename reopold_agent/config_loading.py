@@ -158,6 +158,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # an optional value: its own error names the key that is wrong
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         if value not in args:

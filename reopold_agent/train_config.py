@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config_ranges import FieldError, check_ranges, ranged
+from .lora_config import LoraSettings
 from .lr_schedule import LrDecay
 from .objectives.config import GrpoConfig, ReopoldConfig, RklConfig
 from .rollout.config import RolloutConfig
@@ -40,6 +41,9 @@ class ModelConfig:
     """Trajectories per teacher forward pass."""
     vocab_chunk_rows: int = ranged(1024, ge=1)
     """Rows of the [rows, vocab] projection computed at once (memory vs speed)."""
+    lora: LoraSettings | None = None
+    """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
+    ``peft``) instead of all its weights; null: full fine-tuning."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -181,6 +185,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_batch_shape(self, processes=1)
         check_placement(self)
+        if self.model.lora is not None and self.rollout.backend == "vllm":
+            raise ValueError("model.lora trains an adapter, and rollout.backend=vllm samples from its own full copy "
+                             "of the student without it; use rollout.backend=hf with model.lora")
 
 
 def check_batch_shape(config: TrainConfig, processes: int) -> None:
