@@ -272,14 +272,16 @@ class ToolEnv(gymnasium.Env[list, str]):
             self._done = True
             info.update(StepInfo(0).to_info(), tool_rounds=self._rounds)
             return [], 0.0, False, True, info
-        messages, kinds = [], []
+        messages, kinds, waited_s = [], [], 0.0
         for entry in parsed.in_order():
-            message, kind = self._run_entry(entry)
+            message, kind, wait_s = self._run_entry(entry)
             messages.append(message)
+            waited_s += wait_s
             if kind is not None:
                 kinds.append(kind)
         self._rounds += 1
-        info.update(StepInfo(len(messages), len(kinds), tuple(kinds)).to_info(),
+        info.update(StepInfo(len(messages), len(kinds), tuple(kinds),
+                             tool_queue_wait_s=waited_s).to_info(),
                     tool_rounds=self._rounds)
         return messages, 0.0, False, False, info
 
@@ -292,22 +294,23 @@ class ToolEnv(gymnasium.Env[list, str]):
         except Exception as exc:  # model text must never crash the rollout
             return Verdict(0.0, None, f"verifier failed: {type(exc).__name__}: {exc}")
 
-    def _run_entry(self, entry: ToolCall | ToolCallError) -> tuple[Message, str | None]:
-        """Run one parsed call (or report one parse error) as a tool message."""
+    def _run_entry(self, entry: ToolCall | ToolCallError) -> tuple[Message, str | None, float]:
+        """Run one parsed call (or report one parse error) as a tool message; also returns
+        its error kind and the seconds it waited for a free sandbox worker."""
         if isinstance(entry, ToolCallError):
-            return self._error_message(entry.name, entry.kind, entry.message)
+            return *self._error_message(entry.name, entry.kind, entry.message), 0.0
         tool = self._tools_by_name.get(entry.name)
         if tool is None:
             names = ", ".join(sorted(self._tools_by_name)) or "(none)"
             text = error_message(ErrorKind.UNKNOWN_TOOL,
                                  f"there is no tool named {entry.name!r}; available: {names}.")
-            return self._error_message(entry.name, ErrorKind.UNKNOWN_TOOL, text)
+            return *self._error_message(entry.name, ErrorKind.UNKNOWN_TOOL, text), 0.0
         problems = tool.validate(entry.arguments)
         if problems:
             detail = (f"invalid arguments for {tool.name!r}: {'; '.join(problems)}. "
                       f"Its parameters are {json.dumps(tool.parameters)}.")
             text = error_message(ErrorKind.BAD_ARGUMENTS, detail)
-            return self._error_message(tool.name, ErrorKind.BAD_ARGUMENTS, text)
+            return *self._error_message(tool.name, ErrorKind.BAD_ARGUMENTS, text), 0.0
         try:
             output = tool.run(**entry.arguments)
         except SandboxUnavailable:
@@ -315,8 +318,8 @@ class ToolEnv(gymnasium.Env[list, str]):
         except Exception as exc:
             detail = f"the tool {tool.name!r} failed: {type(exc).__name__}: {exc}"
             text = error_message(ErrorKind.TOOL_EXCEPTION, detail, show_format=False)
-            return self._error_message(tool.name, ErrorKind.TOOL_EXCEPTION, text)
-        return self.tool_message(tool.name, output), output.error_kind
+            return *self._error_message(tool.name, ErrorKind.TOOL_EXCEPTION, text), 0.0
+        return self.tool_message(tool.name, output), output.error_kind, output.queue_wait_s
 
     def _error_message(self, name: str | None, kind: ErrorKind, text: str
                        ) -> tuple[Message, str]:

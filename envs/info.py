@@ -12,6 +12,7 @@ The engine keeps every other key too: a trajectory's ``info`` holds the reset in
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -85,6 +86,9 @@ class StepInfo:
     """After a final answer: the answer as the verifier read it (maj@k compares these)."""
     correct: bool | None = None
     """After a final answer: whether the verifier accepted it (None before the end)."""
+    tool_queue_wait_s: float = 0.0
+    """Seconds this step's tool calls waited for a free sandbox worker, summed over the calls
+    (part of their wall limits); the engine adds them up per run."""
 
     @classmethod
     def from_info(cls, info: Any, observation: Sequence[Any] = ()) -> StepInfo:
@@ -104,14 +108,18 @@ class StepInfo:
         return cls(tool_calls=calls, tool_errors=_count(info, "tool_errors", 0),
                    error_kinds=tuple(str(k) for k in kinds),
                    extracted=None if extracted is None else str(extracted),
-                   correct=None if correct is None else bool(correct))
+                   correct=None if correct is None else bool(correct),
+                   tool_queue_wait_s=_seconds(info, "tool_queue_wait_s"))
 
     def to_info(self) -> dict[str, Any]:
         """The record as the keys of an info dict (``error_kinds`` as a list; ``extracted`` and
-        ``correct`` only after a final answer, i.e. when ``correct`` is set)."""
+        ``correct`` only after a final answer, i.e. when ``correct`` is set;
+        ``tool_queue_wait_s`` only on a step that ran tool calls)."""
         info = {**asdict(self), "error_kinds": list(self.error_kinds)}
         if self.correct is None:
             del info["extracted"], info["correct"]
+        if self.tool_calls == 0:
+            del info["tool_queue_wait_s"]
         return info
 
 
@@ -132,6 +140,13 @@ def _count(info: Mapping[str, Any], key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise EnvInfoError(f'step info["{key}"] must be a non-negative int, got {_short(value)}')
     return int(value)
+
+
+def _seconds(info: Mapping[str, Any], key: str) -> float:
+    value = info.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+        raise EnvInfoError(f'step info["{key}"] must be a non-negative number of seconds, got {_short(value)}')
+    return float(value)
 
 
 def _short(value: Any) -> str:

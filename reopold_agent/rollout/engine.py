@@ -162,7 +162,8 @@ class RolloutEngine:
         self.timings: dict[str, float] = {}
         """Seconds spent in the last :meth:`run`: generate_s (model), env_s (submitting tool
         steps, and waiting for them with no episode ready to generate), template_s (chat
-        templating and bookkeeping)."""
+        templating and bookkeeping); and tool_queue_wait_s, what the tool calls waited for a
+        free sandbox worker, summed over calls (they overlap, so it can exceed the run)."""
 
     def run(self, envs: list[Any], requests: list[EpisodeRequest], *, seed: int, step: int = 0,
             task: str = "") -> list[Trajectory]:
@@ -173,7 +174,7 @@ class RolloutEngine:
         """
         if len(envs) != len(requests):
             raise ValueError(f"{len(envs)} environments but {len(requests)} requests")
-        self.timings = {"generate_s": 0.0, "env_s": 0.0, "template_s": 0.0}
+        self.timings = {"generate_s": 0.0, "env_s": 0.0, "template_s": 0.0, "tool_queue_wait_s": 0.0}
         start = time.perf_counter()
         episodes = [self._open(i, env, req) for i, (env, req) in enumerate(zip(envs, requests))]
         self.timings["template_s"] += time.perf_counter() - start
@@ -319,6 +320,7 @@ class RolloutEngine:
         stepped = StepInfo.from_info(out.info, out.observation)
         ep.tool_calls += stepped.tool_calls
         ep.tool_errors += stepped.tool_errors
+        self.timings["tool_queue_wait_s"] += stepped.tool_queue_wait_s
         ep.reward = float(out.reward)
         if out.terminated or out.truncated:
             ep.info[OUTCOME] = _jsonable(out.info)

@@ -53,8 +53,30 @@ class EchoEnv(ToolEnv):
         return Verdict(float(text.strip() == item["answer"]), text.strip())
 
 
+class Queued(Tool):
+    name = "queued"
+    description = "Reports that it waited a quarter second for a sandbox worker."
+
+    def run(self):
+        return ToolOutput(text="ran", queue_wait_s=0.25)
+
+
+class QueuedEnv(EchoEnv):
+    def __init__(self, **kwargs):
+        ToolEnv.__init__(self, tools=[Queued(), Echo()], **kwargs)
+
+
 def call(name, **arguments):
     return render_tool_call(name, arguments)
+
+
+def test_a_step_reports_the_summed_queue_wait_of_its_tool_calls():
+    env = QueuedEnv()
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(call("queued") + call("queued") + call("echo", text="x"))
+    assert info["tool_calls"] == 3 and info["tool_queue_wait_s"] == 0.5
+    _, _, terminated, _, info = env.step(env.item["answer"])
+    assert terminated and "tool_queue_wait_s" not in info  # no tools ran in an answer
 
 
 def test_reset_info_and_prompt_id():

@@ -38,7 +38,16 @@ def test_step_info_defaults_count_the_tool_messages():
     assert parsed == StepInfo(3, 1, ("bad_json",), "42", True)
 
 
+def test_step_info_reads_the_queue_wait_of_tool_calls():
+    assert StepInfo.from_info({"tool_calls": 2, "tool_queue_wait_s": 1}).tool_queue_wait_s == 1.0
+    assert StepInfo.from_info({"tool_calls": 2}).tool_queue_wait_s == 0.0
+    assert StepInfo(2, tool_queue_wait_s=0.5).to_info()["tool_queue_wait_s"] == 0.5
+
+
 @pytest.mark.parametrize("info, message", [
+    ({"tool_queue_wait_s": -0.5}, 'info\\["tool_queue_wait_s"\\] must be a non-negative number'),
+    ({"tool_queue_wait_s": float("nan")}, "tool_queue_wait_s"),
+    ({"tool_queue_wait_s": "1"}, "tool_queue_wait_s"),
     ({"tool_calls": -1}, 'info\\["tool_calls"\\] must be a non-negative int, got -1'),
     ({"tool_errors": True}, 'info\\["tool_errors"\\] must be a non-negative int'),
     ({"error_kinds": "bad_json"}, "error_kinds"),
@@ -50,7 +59,8 @@ def test_step_info_errors_name_the_key(info, message):
 
 
 def test_step_info_keeps_the_verdict_keys_for_final_answers_only():
-    assert set(StepInfo(2, 1, ("x",)).to_info()) == {"tool_calls", "tool_errors", "error_kinds"}
+    assert set(StepInfo(2, 1, ("x",)).to_info()) == {"tool_calls", "tool_errors", "error_kinds",
+                                                     "tool_queue_wait_s"}
     assert StepInfo(0, extracted=None, correct=False).to_info() == {
         "tool_calls": 0, "tool_errors": 0, "error_kinds": [], "extracted": None, "correct": False}
 

@@ -30,6 +30,9 @@ class Work(Tool):
     description = "Do some work and report it in words."
     parameters = {"type": "object", "properties": {"words": {"type": "integer"}}, "required": ["words"]}
 
+    queue_wait_s = 0.0
+    """What each call reports having waited for a free sandbox worker."""
+
     def __init__(self, delays):
         self.delays = list(delays)
         self.runs = 0
@@ -37,7 +40,7 @@ class Work(Tool):
     def run(self, words):
         time.sleep(self.delays[self.runs] if self.runs < len(self.delays) else 0.0)
         self.runs += 1
-        return ToolOutput(text=" ".join(["ok"] * words))
+        return ToolOutput(text=" ".join(["ok"] * words), queue_wait_s=self.queue_wait_s)
 
 
 class WorkEnv(ToolEnv):
@@ -145,6 +148,14 @@ def test_a_slow_tool_delays_only_its_own_episode():
     assert wall < SLOW_S + 1.0
     assert engine.timings["env_s"] >= 0.9 * SLOW_S  # waiting for the slow tool, nothing to generate
     assert backend.batches[0] == list(range(8)) and backend.batches[-3:] == [[0], [0], [0]]
+
+
+def test_the_run_adds_up_what_tool_calls_waited_for_a_sandbox_worker():
+    envs = [WorkEnv() for _ in THREE_CALLS]
+    for env in envs:
+        env.tool.queue_wait_s = 0.125
+    *_, engine, _, _ = play(THREE_CALLS, envs=envs)
+    assert engine.timings["tool_queue_wait_s"] == 8 * 3 * 0.125  # 8 episodes, 3 calls each
 
 
 def test_a_turn_handed_over_early_runs_its_tool_while_the_batch_still_decodes():

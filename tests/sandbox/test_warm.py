@@ -170,6 +170,18 @@ def test_wall_limit_counts_from_the_call_not_from_a_free_worker(warm):
     assert len(sandbox._pool._idle) == 2
 
 
+def test_the_python_tool_passes_the_wait_on(warm):
+    from reopold_agent.envs.tools import PythonTool
+
+    tool = PythonTool(warm(), timeout_s=5.0)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(tool, code="import time\ntime.sleep(0.8)\nprint('a')")
+        time.sleep(0.2)  # the first call holds the only worker
+        second = pool.submit(tool, code="print('b')").result()
+    assert first.result().text == "a" and first.result().queue_wait_s < 0.2
+    assert second.text == "b" and 0.3 <= second.queue_wait_s < 1.2
+
+
 def test_a_waiting_call_runs_for_what_is_left_of_its_limit(warm):
     sandbox = warm()
     with ThreadPoolExecutor(2) as pool:
