@@ -56,8 +56,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from reopold_agent.sandbox._pump import Channels, PumpOutcome, pump
+from reopold_agent.sandbox.base import SandboxLimit, SandboxResult
 
 _READY_TIMEOUT_S = 30.0
 _CLOSE_WAIT_S = 1.0
@@ -91,6 +93,28 @@ class _Fds:
     def close_all(self) -> None:
         for fd in list(self.open):
             self.close(fd)
+
+
+@dataclass(frozen=True)
+class Call:
+    """When one ``run`` call began and how long it may take in all."""
+
+    start: float
+    """``time.monotonic()`` at the call."""
+    timeout_s: float
+    """The call's wall limit in seconds, waiting for a worker included."""
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.timeout_s
+
+    def ran_out(self, what: str) -> SandboxResult:
+        """The result of a call whose wall limit ran out before its program started."""
+        waited = time.monotonic() - self.start
+        return SandboxResult(
+            stdout="", stderr=f"the program did not run: {what} its whole wall limit of "
+            f"{self.timeout_s:g} s\n", exit_code=None, limit=SandboxLimit.WALL_TIMEOUT,
+            duration_s=0.0, queue_wait_s=waited)
 
 
 class WarmWorker:

@@ -60,11 +60,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from reopold_agent.sandbox._pump import Channels, PumpOutcome, kill_tree, pump
-from reopold_agent.sandbox._warm import NoFreeWorker, WarmPool, WarmWorker, WorkerError
+from reopold_agent.sandbox._warm import Call, NoFreeWorker, WarmPool, WarmWorker, WorkerError
 from reopold_agent.sandbox._verdict import PROBE_CODE, build_result, probe_failure
 from reopold_agent.sandbox.base import Sandbox, SandboxLimit, SandboxResult, SandboxUnavailable
 from reopold_agent.sandbox.config import SandboxConfig
@@ -138,28 +138,6 @@ def probe_isolation(sandbox: LocalSandbox) -> None:
     problem = probe_failure(result, expect_root_inside=sandbox.user_namespace)
     if problem:
         raise SandboxUnavailable(problem)
-
-
-@dataclass(frozen=True)
-class _Call:
-    """When one ``run`` call began and how long it may take in all."""
-
-    start: float
-    """``time.monotonic()`` at the call."""
-    timeout_s: float
-    """The call's wall limit in seconds, waiting for a worker included."""
-
-    @property
-    def deadline(self) -> float:
-        return self.start + self.timeout_s
-
-    def ran_out(self, what: str) -> SandboxResult:
-        """The result of a call whose wall limit ran out before its program started."""
-        waited = time.monotonic() - self.start
-        return SandboxResult(
-            stdout="", stderr=f"the program did not run: {what} its whole wall limit of "
-            f"{self.timeout_s:g} s\n", exit_code=None, limit=SandboxLimit.WALL_TIMEOUT,
-            duration_s=0.0, queue_wait_s=waited)
 
 
 def _not_started(why: object, start: float) -> SandboxResult:
@@ -319,7 +297,7 @@ class LocalSandbox(Sandbox):
         The wall limit counts from now: waiting for a free worker uses it up, and a call
         that waited all of it returns a WALL_TIMEOUT result without running the program.
         """
-        call = _Call(time.monotonic(), timeout_s)
+        call = Call(time.monotonic(), timeout_s)
         uid = 0 if self.user_namespace else self._uids.acquire()
         try:
             result = self._on_worker(pool, code, stdin.encode("utf-8"), uid, call)
@@ -334,7 +312,7 @@ class LocalSandbox(Sandbox):
         spawned = self._execute(code, stdin, call.deadline - started, isolate=True)
         return replace(spawned, queue_wait_s=started - call.start)
 
-    def _on_worker(self, pool: WarmPool, code: str, stdin: bytes, uid: int, call: _Call
+    def _on_worker(self, pool: WarmPool, code: str, stdin: bytes, uid: int, call: Call
                    ) -> SandboxResult | None:
         """One execution on a borrowed worker, on a new one if handing over fails (nothing
         ran then); None if the pool is closed."""
