@@ -11,9 +11,10 @@ import pytest
 
 from reopold_agent.cli import main
 from reopold_agent.config_loading import ConfigError, from_dict
-from reopold_agent.run_logging import RunLogger
+from reopold_agent.run_logging import RunLogger, read_metrics
 from reopold_agent.train_config import TrainConfig
 from reopold_agent.wandb_logging import LoggingConfig, WandbMissing
+from tests.test_train_e2e import _args, tiny_models  # noqa: F401  (tiny_models: a fixture)
 
 OFFLINE = LoggingConfig(wandb=True, wandb_project="reopold-tests", wandb_mode="offline")
 
@@ -120,3 +121,22 @@ def test_without_the_package_the_setting_is_refused_with_how_to_install(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install wandb (or set logging.wandb: false)" in err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+
+def test_a_training_logs_its_rows_and_config_to_an_offline_wandb_run(tiny_models, tmp_path, offline_wandb):
+    out = tmp_path / "exp3"
+    wandb_flags = ("--set", "logging.wandb=true", "--set", "logging.wandb_mode=offline")
+    assert main(_args(tiny_models, out, extra=wandb_flags)) == 0
+    run, history = _records(out)
+    assert run.display_name == "exp3"
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["train"]["steps"] == 2 and config["logging"]["wandb"] is True
+    logged: dict[int, set[str]] = {}
+    for row in history:
+        logged.setdefault(row["_step"], set()).update(row)
+    rows = read_metrics(out)
+    assert sorted(logged) == sorted({r["step"] for r in rows}) == [0, 1, 2]
+    for row in rows:  # every number of metrics.jsonl reached W&B at its step
+        assert {k for k, v in row.items() if k != "step" and isinstance(v, (int, float))} <= logged[row["step"]]
+    assert "time/rollout_tool_queue_wait_s" in logged[1]
