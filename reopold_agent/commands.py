@@ -303,7 +303,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # The engine wraps the scorer, whose forward is the chunked backbone + head scoring, so its
     # hooks (DDP's gradient synchronisation) fire; the scheduler stays unprepared: it steps once
     # per optimiser step, not once per process.
-    scorer, optimizer = accelerator.prepare(SequenceScorer(adapted_model(student)), optimizer)
+    scorer = SequenceScorer(adapted_model(student), packed=config.model.packed_sequences)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
     engine = rollout_engine(adapted_model(student), tokenizer, config, vision, sampler=config.rollout.backend,
                             path=student_path, processes=accelerator.num_processes)
     logger = RunLogger(config.output_dir, logging=config.logging)

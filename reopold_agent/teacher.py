@@ -69,12 +69,15 @@ class TeacherScorer(TeacherBackend):
         batch_rows: trajectories per teacher forward.
         chunk_rows: rows of the vocabulary projection computed at once.
         vision: positions and pixel inputs for a vision-language teacher (None for text).
+        packed: score each batch's real tokens packed (:mod:`reopold_agent.sequence_packing`):
+            no compute on padding, same log-probs up to float rounding. Rows with images run
+            padded.
     """
 
     name = "hf"
 
     def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024,
-                 vision: Any = None) -> None:
+                 vision: Any = None, packed: bool = False) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -83,6 +86,7 @@ class TeacherScorer(TeacherBackend):
         self.chunk_rows = chunk_rows
         self.vision = vision
         self.supports_images = vision is not None
+        self.packed = packed
 
     @torch.no_grad()
     def score_rows(self, rows: list[ScoringRow]) -> list[torch.Tensor]:
@@ -97,7 +101,8 @@ class TeacherScorer(TeacherBackend):
             extra = None
             if self.vision is not None:
                 extra = self.vision.forward_inputs([rows[i].pixel_inputs for i in picked], ids, attn)
-            logp_BT, _ = sequence_logprobs(self.model, ids, attn, chunk_rows=self.chunk_rows, extra_inputs=extra)
+            logp_BT, _ = sequence_logprobs(self.model, ids, attn, chunk_rows=self.chunk_rows, extra_inputs=extra,
+                                           packed=self.packed)
             logp_BT = logp_BT.float().cpu()
             for b, i in enumerate(picked):
                 out[i] = logp_BT[b, :len(rows[i].token_ids)]

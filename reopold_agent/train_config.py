@@ -41,6 +41,11 @@ class ModelConfig:
     """Trajectories per teacher forward pass."""
     vocab_chunk_rows: int = ranged(1024, ge=1)
     """Rows of the [rows, vocab] projection computed at once (memory vs speed)."""
+    packed_sequences: bool = True
+    """Teacher scoring and the update run the rows' real tokens packed into fewer rows
+    (positions restart per sequence, attention stays within it) wherever that saves compute:
+    the same log-probs and gradients up to float rounding, without the padding. Rows with
+    images always run padded."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
     ``peft``) instead of all its weights; null: full fine-tuning."""
