@@ -24,7 +24,7 @@ from reopold_agent.commands import avoid_cudnn_attention
 from reopold_agent.policy_update import policy_update
 from reopold_agent.rollout.backend import Generation, GenerationBackend
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
-from reopold_agent.sequence_scoring import sequence_logprobs
+from reopold_agent.sequence_scoring import SequenceScorer, sequence_logprobs
 from reopold_agent.teacher import TeacherScorer
 from reopold_agent.train_config import ObjectiveConfig, OptimConfig
 
@@ -153,35 +153,54 @@ class StepTimes:
 
 
 def timed_step(play: Callable[[], list], scorer: TeacherScorer, student: Any, *, pad_token_id: int, micro_batch: int,
-               device: torch.device, autocast: bool, vision: Any = None) -> StepTimes:
+               device: torch.device, autocast: bool, vision: Any = None, packed: bool = False) -> StepTimes:
     """Rollout (``play()``), teacher scoring and one REOPOLD update (AdamW, lr 1e-6), each timed.
 
     Under bf16 autocast if ``autocast``; on a GPU, each phase ends with a synchronisation and
-    the peak memory statistics are reset first.
+    the peak memory statistics are reset first. ``packed``: teacher and update run on packed
+    sequences.
     """
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         t0 = time.perf_counter()
         trajs = play()
-        sync()
+        _sync(device)
+        rollout_s = time.perf_counter() - t0
+    teacher_s, update_s, stats = timed_teacher_and_update(trajs, scorer, student, pad_token_id=pad_token_id,
+                                                          micro_batch=micro_batch, device=device, autocast=autocast,
+                                                          vision=vision, packed=packed)
+    return StepTimes(trajs, stats, rollout_s, teacher_s, update_s)
+
+
+def timed_teacher_and_update(trajs: list, scorer: TeacherScorer, student: Any, *, pad_token_id: int, micro_batch: int,
+                             device: torch.device, autocast: bool, vision: Any = None,
+                             packed: bool = False) -> tuple[float, float, dict[str, float]]:
+    """Seconds of teacher scoring and of one REOPOLD update (AdamW, lr 1e-6) of ``trajs``, and
+    the update's statistics; ``packed`` as in :func:`timed_step`."""
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scorer.packed = packed
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         t1 = time.perf_counter()
         scorer.score(trajs)
-        sync()
+        _sync(device)
         t2 = time.perf_counter()
         batch = collate(trajs, pad_token_id=pad_token_id)
-        stats = policy_update(student, optimizer, scheduler, batch, step=10, settings=ObjectiveConfig(),
-                              optim=OptimConfig(micro_batch_rows=micro_batch), total_steps=300,
-                              backward=lambda loss: loss.backward(),
+        stats = policy_update(SequenceScorer(student, packed=packed), optimizer, scheduler, batch, step=10,
+                              settings=ObjectiveConfig(), optim=OptimConfig(micro_batch_rows=micro_batch),
+                              total_steps=300, backward=lambda loss: loss.backward(),
                               clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
                               vision=vision)
-        sync()
+        _sync(device)
         t3 = time.perf_counter()
-    return StepTimes(trajs, stats, t1 - t0, t2 - t1, t3 - t2)
+    return t2 - t1, t3 - t2, stats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed_steps(count: int, play: Callable[[int], list], scorer: TeacherScorer, student: Any,

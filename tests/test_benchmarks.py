@@ -60,8 +60,31 @@ def test_gpu_reopold_step_runs_in_tiny_cpu_mode(capsys):
     assert result["objective/rho_mean"] == pytest.approx(1.0, abs=1e-4)
     assert all(math.isfinite(result[k]) and result[k] > 0 for k in ("rollout_s", "teacher_s", "update_s"))
     assert 0 < result["outside_share"] < 1 and math.isfinite(result["objective/loss"])
+    # both decode loops and both layouts timed, with MFU; the static cache decodes the same tokens
+    assert "rollout  static" in out and "tokens as decode growing: True" in out.split("rollout  static")[1]
+    for key in ("mfu/rollout/growing", "mfu/rollout/static", "mfu/teacher/off", "mfu/teacher/on", "mfu/update/off",
+                "mfu/update/on", "generated_tok_s/static"):
+        assert 0 < result[key] < math.inf, key
     with pytest.raises(SystemExit, match="only the --tiny"):
         bench.main(["--device", "cpu"])
+    with pytest.raises(SystemExit, match="--decode takes"):
+        bench.main(["--device", "cpu", "--tiny", "--decode", "cuda-graphs"])
+
+
+def test_model_flops_count_matmuls_and_attention():
+    import torch
+
+    flops = _load("model_flops")
+    bench = _load("gpu_reopold_step")
+    tokenizer = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 1})()
+    model = bench.build("tiny-student", tokenizer, 1024, torch.float32, torch.device("cpu"), seed=0)
+    # hidden 32, 2 layers, 4 heads of 8, 2 kv heads, MLP 64, tied 1024-row head
+    layer = 32 * 32 + 32 + 2 * (32 * 16 + 16) + 32 * 32 + 3 * 32 * 64 + 2 * 32
+    n = 1024 * 32 + 2 * layer + 32
+    assert flops.matmul_parameters(model) == n
+    # a 3-token sequence: 2N per token, and 4 * 32 per layer for each of the 1 + 2 + 3 keys read
+    assert flops.forward_flops(model, [3]) == 2 * n * 3 + 4 * 2 * 32 * 6
+    assert flops.forward_flops(model, [3, 1]) == flops.forward_flops(model, [3]) + flops.forward_flops(model, [1])
 
 
 def test_gpu_reopold_step_uses_the_qwen2_5_shapes():
