@@ -10,6 +10,11 @@ place; only then is ``LATEST`` replaced (write-to-temp + ``os.replace``, atomic 
 that fails part-way (a full disk) removes its temporary folder and leaves every earlier
 checkpoint and ``LATEST`` as they were.
 
+A run whose student FSDP shards saves the same layout: the full weights, gathered on save by
+:mod:`reopold_agent.sharded_state` (so the folder loads with ``from_pretrained``), and the full
+optimizer state keyed by parameter name (``optimizer.pt`` says so in its ``layout`` entry);
+it resumes with the same sharding strategy.
+
 Loading follows ``LATEST`` and falls back to the newest folder carrying ``COMPLETE``. Resuming
 (:func:`load_newest_loadable`) reads a checkpoint whole and checks it against the student and
 optimizer before changing either, so a checkpoint that is complete but unreadable (a truncated
@@ -29,6 +34,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .sharded_state import (OPTIMIZER_LAYOUT, check_full_optimizer_state, is_sharded, load_full_optimizer_state,
+                            load_full_weights)
 
 from .lora import checkpoint_weights, load_checkpoint_weights
 
@@ -73,23 +81,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
-                    scheduler: Any, extra: dict[str, Any], keep: int = 2, image_processor: Any = None) -> Path:
+                    scheduler: Any, extra: dict[str, Any], keep: int = 2, image_processor: Any = None,
+                    weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None
+                    ) -> Path:
     """Write checkpoint ``step`` atomically and point ``LATEST`` at it; keep the newest ``keep``.
 
     ``image_processor`` (vision-language students) is saved beside the tokenizer, so the
-    checkpoint loads with its processor like any Hugging Face VL folder.
+    checkpoint loads with its processor like any Hugging Face VL folder. ``weights`` and
+    ``optimizer_state``: a sharded student's full weights and optimizer state, gathered by
+    :mod:`reopold_agent.sharded_state`, saved instead of ``model``'s and ``optimizer``'s own.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:06d}_", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({} if weights is None else {"state_dict": weights}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
-        _save_torch({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        layout = {} if optimizer_state is None else {"layout": OPTIMIZER_LAYOUT}
+        _save_torch({"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                     "scheduler": scheduler.state_dict(), **layout}, tmp / "optimizer.pt")
         _save_torch({"step": step, "rng": rng_state(), **extra}, tmp / "state.pt")
         (tmp / COMPLETE).write_text(str(step))
         _fsync_tree(tmp)
@@ -193,7 +207,8 @@ def load_checkpoint(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: 
     """Restore model weights, optimizer, scheduler and RNG state from ``checkpoint``.
 
     Everything is read and checked against ``model`` and ``optimizer`` first (tensor names and
-    shapes, parameter groups and their state shapes); only then is anything changed.
+    shapes, parameter groups and their state shapes); only then is anything changed. A sharded
+    ``model`` (FSDP) loads the full tensors into its shards: every process calls this at once.
 
     Returns:
         The saved ``state.pt`` dict (``step``, ``rng``, extras).
@@ -228,6 +243,20 @@ def load_checkpoint(checkpoint: Path, *, model: Any, optimizer: Any, scheduler: 
     opt, state = saved["optimizer.pt"], saved["state.pt"]
     if not {"optimizer", "scheduler"} <= opt.keys() or not {"step", "rng"} <= state.keys():
         raise CheckpointError(f"{checkpoint}: optimizer.pt or state.pt lacks its entries", checkpoint)
+    sharded = is_sharded(model)
+    if sharded != (opt.get("layout") == OPTIMIZER_LAYOUT):
+        saved_by, resumed_by = ("a sharded", "an unsharded") if not sharded else ("an unsharded", "a sharded")
+        raise CheckpointError(f"{checkpoint}: saved by {saved_by} run, resumed by {resumed_by} one: resume with the "
+                              "accelerate config (FSDP or not) the run was saved with", checkpoint)
+    if sharded:
+        reason = check_full_optimizer_state(opt["optimizer"], model)
+        if reason is not None:
+            raise CheckpointError(f"{checkpoint / 'optimizer.pt'}: {reason}", checkpoint)
+        load_full_weights(model, weights)
+        load_full_optimizer_state(model, optimizer, opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+        set_rng_state(state["rng"])
+        return state
     _check_optimizer(checkpoint / "optimizer.pt", opt["optimizer"], optimizer)
     load_checkpoint_weights(model, weights)
     if getattr(getattr(model, "config", None), "tie_word_embeddings", False):

@@ -68,8 +68,23 @@ class EngineUpdate:
         self.accelerator.backward(loss * self.world)
 
     def clip_gradients(self, max_norm: float) -> Tensor:
-        """Clip the synchronised gradients to ``max_norm``; returns their norm before clipping."""
-        return self.accelerator.clip_grad_norm_(self.scorer.parameters(), max_norm)
+        """Clip the synchronised gradients to ``max_norm``; returns their norm before clipping.
+
+        FSDP's gradients are shards (``DTensor``): their norm is reduced over all processes here
+        rather than by ``accelerator.clip_grad_norm_``, which finds the model by comparing
+        parameter lists with ``==`` and fails once a second model (a sharded teacher) is prepared.
+        """
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in self.scorer.parameters() if p.grad is not None]
+        if not any(isinstance(p.grad, DTensor) for p in params):
+            return self.accelerator.clip_grad_norm_(self.scorer.parameters(), max_norm)
+        from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+        norm = get_total_norm([p.grad for p in params])
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        clip_grads_with_norm_(params, max_norm, norm)
+        return norm
 
     def gather(self, values: Tensor) -> Tensor:
         """:func:`gather_values` over this run's processes."""
