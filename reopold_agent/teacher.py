@@ -24,6 +24,7 @@ import torch
 
 from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
+from .shared_prefix import group_logprobs, prefix_groups
 from .teacher_scoring import ScoringRow, TeacherBackend
 
 
@@ -72,12 +73,16 @@ class TeacherScorer(TeacherBackend):
         packed: score each batch's real tokens packed (:mod:`reopold_agent.sequence_packing`):
             no compute on padding, same log-probs up to float rounding. Rows with images run
             padded.
+        shared_prefix: rows that share their tokens before the first student token (a
+            group's rollouts of one prompt) are scored with that prefix encoded once
+            (:mod:`reopold_agent.shared_prefix`); same log-probs up to float rounding. Text
+            teachers only; the other rows are scored as ``packed`` says.
     """
 
     name = "hf"
 
     def __init__(self, model: Any, *, pad_token_id: int, batch_rows: int = 16, chunk_rows: int = 1024,
-                 vision: Any = None, packed: bool = False) -> None:
+                 vision: Any = None, packed: bool = False, shared_prefix: bool = False) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -87,13 +92,17 @@ class TeacherScorer(TeacherBackend):
         self.vision = vision
         self.supports_images = vision is not None
         self.packed = packed
+        self.shared_prefix = shared_prefix and vision is None
 
     @torch.no_grad()
     def score_rows(self, rows: list[ScoringRow]) -> list[torch.Tensor]:
         """Per row a [T] float32 tensor of teacher log-probs (position 0 holds 0), rows batched by length."""
         device = next(self.model.parameters()).device
         out: list[torch.Tensor | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].token_ids))
+        rest = range(len(rows))
+        if self.shared_prefix:
+            rest = self._score_groups(rows, out)
+        order = sorted(rest, key=lambda i: len(rows[i].token_ids))
         for start in range(0, len(order), self.batch_rows):
             picked = order[start:start + self.batch_rows]
             ids, attn = pad_right([rows[i].token_ids for i in picked], self.pad_token_id)
@@ -107,3 +116,17 @@ class TeacherScorer(TeacherBackend):
             for b, i in enumerate(picked):
                 out[i] = logp_BT[b, :len(rows[i].token_ids)]
         return out  # type: ignore[return-value]
+
+    def _score_groups(self, rows: list[ScoringRow], out: list) -> list[int]:
+        """Score the rows that share a prefix with others into ``out``; return the other rows."""
+        scorable = [i for i, row in enumerate(rows) if any(row.loss_mask[1:])]
+        firsts = [1 + row.loss_mask[1:].index(1) for row in (rows[i] for i in scorable)]
+        groups, _ = prefix_groups([rows[i].token_ids for i in scorable], firsts)
+        for group in groups:
+            members = [scorable[j] for j in group.rows]
+            scored = group_logprobs(self.model, [rows[i].token_ids for i in members], group.prefix_len,
+                                    pad_token_id=self.pad_token_id, chunk_rows=self.chunk_rows)
+            for i, (logp_T, _) in zip(members, scored):
+                out[i] = logp_T.cpu()
+        grouped = {scorable[j] for group in groups for j in group.rows}
+        return [i for i in range(len(rows)) if i not in grouped]

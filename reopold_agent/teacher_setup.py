@@ -59,7 +59,8 @@ def build_teacher(config: TrainConfig, teacher_path: str | None, tokenizer: Any,
             raise UsageError(str(exc)) from None
     return TeacherScorer(teacher_model.to(device), pad_token_id=tokenizer.pad_token_id,
                          batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
-                         vision=vision, packed=config.model.packed_sequences)
+                         vision=vision, packed=config.model.packed_sequences,
+                         shared_prefix=config.model.shared_prefix)
 
 
 def _server_teacher(config: TrainConfig, tokenizer: Any, env: Mapping[str, str]) -> Any:

@@ -46,6 +46,10 @@ class ModelConfig:
     (positions restart per sequence, attention stays within it) wherever that saves compute:
     the same log-probs and gradients up to float rounding, without the padding. Rows with
     images always run padded."""
+    shared_prefix: bool = True
+    """The ``hf`` teacher scores the rollouts of one prompt with their shared prompt encoded
+    once (its keys and values reused by each rollout): the same log-probs up to float rounding,
+    without recomputing the prompt for every rollout. Text teachers only."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
     ``peft``) instead of all its weights; null: full fine-tuning."""

@@ -67,3 +67,28 @@ def test_group_logprobs_give_the_whole_rows_gradient():
     assert shared.keys() == whole.keys() and shared
     for name in whole:
         torch.testing.assert_close(shared[name], whole[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_teacher_scores_groups_once_with_the_same_log_probs(packed):
+    """The hf teacher with shared_prefix: two prompts x 3 rollouts and a lone row score as
+    without it; rows without a student token are scored the usual way."""
+    from reopold_agent.teacher import TeacherScorer
+    from reopold_agent.teacher_scoring import ScoringRow
+
+    torch.manual_seed(2)
+    rows = []
+    for prompt_len, lengths in ((11, (4, 9, 1)), (20, (6, 6, 13))):
+        prompt = torch.randint(3, 200, (prompt_len,)).tolist()
+        for n in lengths:
+            rows.append(ScoringRow(prompt + torch.randint(3, 200, (n,)).tolist(), [0] * prompt_len + [1] * n))
+    rows.append(ScoringRow(torch.randint(3, 200, (9,)).tolist(), [0] * 4 + [1] * 5))
+    rows.append(ScoringRow(torch.randint(3, 200, (5,)).tolist(), [0] * 5))
+    model = tiny.model(seed=6)
+    plain = TeacherScorer(model, pad_token_id=0, packed=packed).score_rows(rows)
+    shared_scorer = TeacherScorer(model, pad_token_id=0, packed=packed, shared_prefix=True)
+    shared = shared_scorer.score_rows(rows)
+    assert len(shared) == len(rows)
+    for a, b, row in zip(plain, shared, rows):
+        assert b.shape == (len(row.token_ids),)
+        torch.testing.assert_close(b[1:], a[1:], atol=2e-5, rtol=1e-5)
