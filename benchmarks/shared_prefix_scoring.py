@@ -1,12 +1,12 @@
-"""Teacher scoring with and without the shared prefix computed once, seconds on the CPU.
+"""The ``hf`` teacher's scoring padded, packed, and with the shared prefix computed once (CPU).
 
 A rollout batch of ``--prompts`` prompts x ``--group-size`` rollouts of random tokens: each
 prompt ``--prompt-tokens`` long (system prompt, tool schemas, question), each rollout's own part
 uniform in ``--min-own`` to ``--max-own`` tokens. The model is a tiny Qwen3 of the ``--spec``
-shape (random weights) on the tool_math tokenizer. Alternating which goes first, it times the padded scoring the ``hf``
-teacher does (rows sorted by length, ``--batch-rows`` a forward) and
-:func:`reopold_agent.shared_prefix.group_logprobs` per prompt, checks they agree, and prints the
-median of ``--repeats`` and the ratio.
+shape (random weights) on the tool_math tokenizer. Alternating the order, it times
+``TeacherScorer.score_rows`` padded (rows sorted by length, ``--batch-rows`` a forward), packed
+(``model.packed_sequences``) and packed with the shared prefix (``model.shared_prefix``), checks
+they agree, and prints the median of ``--repeats`` and the ratios.
 
     python benchmarks/shared_prefix_scoring.py --repeats 7
 """
@@ -19,9 +19,8 @@ import time
 
 import torch
 
-from reopold_agent.batching import pad_right
-from reopold_agent.sequence_scoring import sequence_logprobs
-from reopold_agent.shared_prefix import group_logprobs
+from reopold_agent.teacher import TeacherScorer
+from reopold_agent.teacher_scoring import ScoringRow
 from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.demo.tiny_models import build_causal_lm
 
@@ -38,22 +37,12 @@ def rollout_rows(prompts: int, group_size: int, prompt_tokens: int, own: tuple[i
     return groups
 
 
-@torch.no_grad()
-def padded(model, rows: list[list[int]], batch_rows: int) -> list[torch.Tensor]:
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out: list = [None] * len(rows)
-    for start in range(0, len(order), batch_rows):
-        picked = order[start:start + batch_rows]
-        ids, attn = pad_right([rows[i] for i in picked], 0)
-        logp, _ = sequence_logprobs(model, ids, attn)
-        for b, i in enumerate(picked):
-            out[i] = logp[b, :len(rows[i])]
-    return out
-
-
-@torch.no_grad()
-def shared(model, groups: list[list[list[int]]], prompt_tokens: int) -> list[torch.Tensor]:
-    return [logp for rows in groups for logp, _ in group_logprobs(model, rows, prompt_tokens, pad_token_id=0)]
+def scorers(model, batch_rows: int) -> dict[str, TeacherScorer]:
+    """The ``hf`` teacher as each setting of ``model.packed_sequences`` / ``model.shared_prefix`` makes it."""
+    return {"padded": TeacherScorer(model, pad_token_id=0, batch_rows=batch_rows),
+            "packed": TeacherScorer(model, pad_token_id=0, batch_rows=batch_rows, packed=True),
+            "shared prefix": TeacherScorer(model, pad_token_id=0, batch_rows=batch_rows, packed=True,
+                                           shared_prefix=True)}
 
 
 def main() -> None:
@@ -73,27 +62,30 @@ def main() -> None:
     model = build_causal_lm(tokenizer, args.spec, seed=0).eval()
     groups = rollout_rows(args.prompts, args.group_size, args.prompt_tokens, (args.min_own, args.max_own),
                           len(tokenizer), seed=0)
-    rows = [r for rows in groups for r in rows]
-    for a, b in zip(padded(model, rows, args.batch_rows), shared(model, groups, args.prompt_tokens)):
-        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)
-    times: dict[str, list[float]] = {"padded": [], "shared prefix": []}
-    runs = {"padded": lambda: padded(model, rows, args.batch_rows),
-            "shared prefix": lambda: shared(model, groups, args.prompt_tokens)}
+    rows = [ScoringRow(r, [0] * args.prompt_tokens + [1] * (len(r) - args.prompt_tokens))
+            for group in groups for r in group]
+    runs = scorers(model, args.batch_rows)
+    reference = runs["padded"].score_rows(rows)
+    for name, scorer in runs.items():
+        for a, b in zip(reference, scorer.score_rows(rows)):
+            torch.testing.assert_close(b[1:], a[1:], atol=5e-5, rtol=1e-5)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.repeats):
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
             start = time.perf_counter()
-            runs[name]()
+            runs[name].score_rows(rows)
             times[name].append(time.perf_counter() - start)
-    tokens = sum(len(r) for r in rows)
+    tokens = sum(len(r.token_ids) for r in rows)
     params = sum(x.numel() for x in model.parameters())
     print(f"{args.spec} model ({params / 1e6:.2f}M parameters), {len(rows)} rows, {tokens} tokens, "
           f"{args.threads} thread(s), median of {args.repeats}:")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:14s} {median:.3f} s  ({tokens / median:,.0f} tokens/s)")
-    ratios = [a / b for a, b in zip(times["padded"], times["shared prefix"])]
-    print(f"  padded / shared prefix: median {statistics.median(ratios):.2f}x "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    for name in ("padded", "packed"):
+        ratios = [a / b for a, b in zip(times[name], times["shared prefix"])]
+        print(f"  {name} / shared prefix: median {statistics.median(ratios):.2f}x "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
 
 
 if __name__ == "__main__":
