@@ -75,6 +75,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one value, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--env", metavar="ID", help="gymnasium id of the environment, e.g. my_pkg.envs:MyEnv-v0")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="JSON Lines prompts (or hf:NAME[:SPLIT]) played in reopold_agent/PromptDataset-v0 "
+                        "(task.prompts; tools and verifier in task.env_kwargs)")
     p.add_argument("--student", metavar="PATH_OR_ID", help="student model (default: the task's embedded tiny model)")
     p.add_argument("--teacher", metavar="PATH_OR_ID", help="teacher model (default: the task's embedded tiny model)")
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<task>)")
@@ -213,12 +216,14 @@ def resolve_config(args: argparse.Namespace):
     from .train_config import TrainConfig
 
     data = load_yaml(preset_path(args.task))
-    if args.env is not None:
+    configs = [load_yaml(path) for path in args.config]
+    if _names_own_environment(args, configs):
         data.get("task", {}).pop("env_kwargs", None)  # the preset's kwargs are for its own environment
-    for path in args.config:
-        data = deep_merge(data, load_yaml(path))
+    for config in configs:
+        data = deep_merge(data, config)
     flags = {
-        "task.env_id": args.env, "model.student": args.student, "model.teacher": args.teacher,
+        "task.env_id": args.env, "task.prompts": getattr(args, "prompts", None),
+        "model.student": args.student, "model.teacher": args.teacher,
         "output_dir": args.output_dir, "objective.name": getattr(args, "objective", None),
         "train.steps": getattr(args, "steps", None) if args.command == "train" else None,
         "eval.num_problems": getattr(args, "num_problems", None),
@@ -235,6 +240,17 @@ def resolve_config(args: argparse.Namespace):
     data.setdefault("task", {}).setdefault("name", args.task)
     data.setdefault("output_dir", f"runs/{args.task}")
     return from_dict(TrainConfig, data)
+
+
+def _names_own_environment(args: argparse.Namespace, configs: list[dict]) -> bool:
+    """Whether the flags, ``--config`` files or ``--set`` name another environment than the
+    preset's (``task.env_id`` or ``task.prompts``)."""
+    if args.env is not None or getattr(args, "prompts", None) is not None:
+        return True
+    keys = ("env_id", "prompts")
+    if any(isinstance(c.get("task"), dict) and any(k in c["task"] for k in keys) for c in configs):
+        return True
+    return any(text.split("=", 1)[0].strip() in ("task.env_id", "task.prompts") for text in args.overrides)
 
 
 def preset_path(task: str) -> Path:

@@ -163,6 +163,8 @@ def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
             raise UsageError(f"unknown task {config.task.name!r}; pass --env module:Env-v0 or one of {sorted(TASKS)}")
         env_id = TASKS[config.task.name].env_id
     kwargs = dict(config.task.env_kwargs)
+    if config.task.prompts is not None:
+        env_id, kwargs["items"] = prompt_dataset_items(config.task.prompts)
 
     def factory():
         return make_env(env_id, **kwargs)
@@ -183,7 +185,27 @@ def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
         raise UsageError(f"cannot make environment {env_id!r}: {_first_line(exc)}") from None
     if split == "eval" and not callable(getattr(env, "num_items", None)):
         _log(_plain_env_note(env_id, held_out="split" in kwargs))
+    if split == "eval" and getattr(env, "eval_is_train", False):
+        _log(f"note: {config.task.prompts} holds no eval prompts (\"split\": \"eval\") and task.env_kwargs names no "
+             "eval_prompts: evaluation plays training prompts")
     return factory
+
+
+def prompt_dataset_items(source: str) -> tuple[str, list[dict[str, Any]]]:
+    """The id of the generic prompt environment and the items of ``task.prompts``, read once
+    for all the run's environments.
+
+    Raises:
+        UsageError: a missing file or a bad line (``file:line: reason``).
+    """
+    from .envs.prompt_dataset import ENV_ID
+    from .tasks.data import TaskDataError
+    from .tasks.prompt_data import load_prompt_items
+
+    try:
+        return ENV_ID, load_prompt_items(source)
+    except TaskDataError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _plain_env_note(env_id: str, *, held_out: bool) -> str:
@@ -447,11 +469,14 @@ def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir:
                          "not do: use --bf16 or --fp32")
     model = load_model(student_path, dtype=torch.float32, role="student").to(run_device(config))
     vision = load_vision(model, student_path, config)
+    tools = None
     if data is not None:
         conversations = _conversations_from_file(data)
+    elif config.task.prompts is not None:
+        conversations, tools = _reference_conversations(config)
     else:
         conversations = gold_conversations(config.task.name, count=2000, seed=config.train.seed)
-    examples = _tokenize_all(tokenizer, conversations, vision)
+    examples = _tokenize_all(tokenizer, conversations, vision, tools=tools)
     sup = SupervisedConfig(steps=steps, lr=config.train.lr, seed=config.train.seed, warmup_steps=min(100, steps // 10),
                            autocast_dtype="bfloat16" if low == torch.bfloat16 else None)
     loss = supervised_train(model, examples, sup, pad_token_id=tokenizer.pad_token_id, vision=vision,
@@ -494,9 +519,37 @@ def _conversations_from_file(path: str) -> list[list[dict]]:
     return [t.messages for t in trajs if t.reward >= 1.0] or [t.messages for t in trajs]
 
 
-def _tokenize_all(tokenizer: Any, conversations: list[list[dict]], vision: Any) -> list[Any]:
-    """Tokenized conversations; one the chat template cannot render is skipped with a line
-    saying which and why (user data may hold roles or parts the template does not know)."""
+def _reference_conversations(config: TrainConfig) -> tuple[list[list[dict]], list[dict] | None]:
+    """The ``task.prompts`` train items that carry a ``reference`` solution, as conversations
+    (opening messages, then the reference with its tool calls as the raw text a model writes),
+    and the tool schemas the rollouts put in the template (None unless ``rollout.render_tools``).
+
+    Raises:
+        UsageError: no train item has a reference.
+    """
+    from .tool_protocol import assistant_text
+
+    env = make_env_factory(config, None, "train")()  # the python tool's sandbox is never built here
+    try:
+        conversations = [
+            env.prompt(item) + [{"role": "assistant", "content": assistant_text(m)} if m["role"] == "assistant" else m
+                                for m in env.gold_for_item(item)]
+            for item in map(env.load_item, range(env.num_items())) if item.get("reference")
+        ]
+        tools = env.tool_schemas() if config.rollout.render_tools else None
+    finally:
+        env.close()
+    if not conversations:
+        raise UsageError(f'{config.task.prompts}: no train item has a "reference" solution to imitate; add them, or '
+                         "pass --data with trajectories (a run's episodes)")
+    return conversations, tools
+
+
+def _tokenize_all(tokenizer: Any, conversations: list[list[dict]], vision: Any,
+                  tools: list[dict] | None = None) -> list[Any]:
+    """Tokenized conversations (with ``tools`` in the template); one the chat template cannot
+    render is skipped with a line saying which and why (user data may hold roles or parts the
+    template does not know)."""
     from jinja2 import TemplateError
 
     from .supervised import tokenize_conversation
@@ -504,7 +557,7 @@ def _tokenize_all(tokenizer: Any, conversations: list[list[dict]], vision: Any) 
     examples = []
     for number, conversation in enumerate(conversations, start=1):
         try:
-            examples.append(tokenize_conversation(tokenizer, conversation, vision=vision))
+            examples.append(tokenize_conversation(tokenizer, conversation, tools, vision=vision))
         except (ValueError, TemplateError) as exc:
             _log(f"skipped conversation {number}: {_first_line(exc)}")
     if not examples:

@@ -33,6 +33,10 @@ def check_inputs(config: TrainConfig, *, command: str, data: str | None = None, 
         check_model_path(config.model.teacher, "model.teacher")
     if data is not None:
         check_file(data, "--data")
+    if config.task.prompts is not None:
+        if not config.task.prompts.startswith("hf:"):
+            check_file(config.task.prompts, "task.prompts")
+        working_directory_on_path()  # tools and verifier named as module:function, as --env modules are
     import_env_module(config.task.env_id)
 
 
@@ -83,6 +87,15 @@ def check_file(value: str, flag: str) -> None:
         raise UsageError(f"{flag}: cannot read {value}: permission denied")
 
 
+def working_directory_on_path() -> str:
+    """Put the working directory first on ``sys.path`` as ``python -m`` would (a console script
+    puts its own folder there instead); returns it."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return cwd
+
+
 def import_env_module(env_id: str | None) -> None:
     """Import the module of a ``module:Env-v0`` id as ``python -m`` would: the working directory
     first on ``sys.path`` (a console script puts its own folder there instead), so that
@@ -95,9 +108,7 @@ def import_env_module(env_id: str | None) -> None:
     module, _, _ = (env_id or "").rpartition(":")
     if not module:
         return
-    cwd = os.getcwd()
-    if "" not in sys.path and cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    cwd = working_directory_on_path()
     try:
         importlib.import_module(module)
     except ImportError as exc:

@@ -70,6 +70,16 @@ class TaskConfig:
     """Gymnasium id overriding the task's environment, e.g. ``my_pkg.envs:MyEnv-v0``."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the environment constructor."""
+    prompts: str | None = None
+    """A JSON Lines file (or ``hf:NAME[:SPLIT]``, a Hugging Face ``datasets`` split) of prompts,
+    played in the generic ``reopold_agent/PromptDataset-v0`` environment; its ``tools``,
+    ``verifier``, ``system_prompt`` and ``eval_prompts`` go in ``env_kwargs``
+    (docs/environments.md)."""
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None and self.env_id is not None:
+            raise ValueError("task.prompts plays reopold_agent/PromptDataset-v0; it cannot be combined with "
+                             f"task.env_id={self.env_id!r}")
 
 
 @dataclass
