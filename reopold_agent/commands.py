@@ -6,6 +6,7 @@ Kept apart from :mod:`reopold_agent.cli` (argument parsing) so that tests and sc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -228,20 +229,24 @@ def build_sandbox(config: TrainConfig) -> Any:
 
 
 def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any = None, *,
-                   sampler: str = "hf", path: str | None = None, processes: int = 1) -> Any:
+                   sampler: str = "hf", path: str | None = None, processes: int = 1, sharded: bool = False) -> Any:
     """A rollout engine with the run's rollout settings, sampling from ``model`` in process
     (``sampler="hf"``) or from a vLLM engine loaded from ``path``, ``model``'s folder
     (``sampler="vllm"``; the trainer keeps its weights in step). ``processes``: how many
-    training processes the run has."""
+    training processes the run has. ``sharded``: ``model`` is a full copy of a student that
+    FSDP shards, refreshed from the shards after every update
+    (:class:`~reopold_agent.sharded_sampling.ShardedStudentSampler`)."""
     from .rollout.engine import RolloutEngine
     from .rollout.hf_backend import HFGenerationBackend
+    from .sharded_sampling import ShardedStudentSampler
 
     if sampler == "vllm":
         if path is None:
             raise ValueError("the vllm sampler loads the student from its folder; pass path=")
         backend = vllm_backend(path, config, vision, processes=processes)
     else:
-        backend = HFGenerationBackend(model, pad_token_id=tokenizer.pad_token_id, vision=vision,
+        backend = (ShardedStudentSampler if sharded else HFGenerationBackend)(
+            model, pad_token_id=tokenizer.pad_token_id, vision=vision,
                                       cpu_threads=config.rollout.torch_threads)
     return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
 
@@ -317,6 +322,11 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
                                 device=accelerator.device, load_model=load_model, load_tokenizer=load_tokenizer,
                                 teacher_dtype=low_dtype)
     student = student.to(accelerator.device)
+    # FSDP shards the student in place; the in-process sampler generates from a full copy
+    if is_fsdp(accelerator) and config.model.lora is not None:
+        raise UsageError("model.lora with FSDP is not implemented; train the adapter with DDP (accelerate launch "
+                         "--multi_gpu) or one process")
+    sampler_copy = copy.deepcopy(adapted_model(student)) if is_fsdp(accelerator) else None
     optimizer = make_optimizer(student, config)
     per_step = config.train.mini_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
@@ -327,8 +337,9 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # per optimiser step, not once per process.
     scorer = SequenceScorer(adapted_model(student), packed=config.model.packed_sequences)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
-    engine = rollout_engine(adapted_model(student), tokenizer, config, vision, sampler=config.rollout.backend,
-                            path=student_path, processes=accelerator.num_processes)
+    engine = rollout_engine(adapted_model(student) if sampler_copy is None else sampler_copy, tokenizer, config, vision,
+                            sampler=config.rollout.backend, path=student_path, processes=accelerator.num_processes,
+                            sharded=sampler_copy is not None)
     logger = RunLogger(config.output_dir, logging=config.logging)
     resolved = dataclasses.replace(
         config, model=dataclasses.replace(config.model, student=student_path, teacher=teacher_path),
@@ -394,13 +405,15 @@ def check_processes(config: TrainConfig) -> None:
 
 
 def make_accelerator(mixed_precision: str, *, vision_language: bool, cpu: bool) -> Any:
-    """The run's ``Accelerator``: DDP across the launcher's processes (or one process), mixed
-    precision from ``model.dtype``. A vision-language student's vision tower gets no gradient on
-    a micro-batch without images, so DDP looks for unused parameters then.
+    """The run's ``Accelerator``, with the strategy of the user's accelerate config: DDP across
+    the launcher's processes (or one process), or FSDP2 (``fsdp_version: 2``), which shards the
+    student's parameters, gradients and optimizer state over the processes. Mixed precision
+    from ``model.dtype``. A vision-language student's vision tower gets no gradient on a
+    micro-batch without images, so DDP looks for unused parameters then.
 
     Raises:
-        UsageError: the accelerate config asks for a strategy this trainer does not run (FSDP,
-            DeepSpeed, Megatron-LM).
+        UsageError: the accelerate config asks for a strategy this trainer does not run (FSDP
+            version 1, DeepSpeed, Megatron-LM).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
@@ -408,11 +421,21 @@ def make_accelerator(mixed_precision: str, *, vision_language: bool, cpu: bool) 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=vision_language)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision,
                               kwargs_handlers=[ddp])
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise UsageError("the accelerate config asks for FSDP version 1; this trainer runs FSDP2: set "
+                         "fsdp_version: 2 in the config (or accelerate launch --fsdp_version 2)")
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
         raise UsageError(f"the accelerate config asks for {accelerator.distributed_type.value}, which this trainer "
-                         "does not run yet (the in-process sampler generates from the full student); use DDP "
-                         "(accelerate launch --multi_gpu) or one process")
+                         "does not run; use FSDP2 (fsdp_version: 2), DDP (accelerate launch --multi_gpu) or one "
+                         "process")
     return accelerator
+
+
+def is_fsdp(accelerator: Any) -> bool:
+    """Whether ``accelerator`` shards the models it prepares (FSDP)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
 
 
 def make_optimizer(student: Any, config: TrainConfig) -> Any:

@@ -35,6 +35,7 @@ from .rollout.engine import EpisodeRequest, RolloutEngine
 from .run_directory import RunDirectoryError, describe_os_error
 from .run_logging import RunLogger, is_evaluation_record
 from .sequence_scoring import SequenceScorer
+from .sharded_state import gather_full_optimizer_state, gather_full_weights, is_sharded
 from .teacher_scoring import TeacherBackend, TeacherError
 from .train_config import TrainConfig, check_batch_shape
 from .trajectory import Trajectory
@@ -313,10 +314,15 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         """Checkpoint ``step``; a write failure (full disk) stops with a one-line
-        :class:`RunDirectoryError`, the newest complete checkpoint left as it was."""
+        :class:`RunDirectoryError`, the newest complete checkpoint left as it was. A sharded
+        student's full weights and optimizer state are first gathered onto the main process."""
         parts = self.parts
         acc = parts.accelerator
         run_dir = parts.logger.run_dir
+        weights = optimizer_state = None
+        if is_sharded(parts.student):  # a collective: every process sends its shards
+            weights = gather_full_weights(parts.student, main_only=True)
+            optimizer_state = gather_full_optimizer_state(parts.student, parts.optimizer)
         acc.wait_for_everyone()
         if acc.is_main_process:
             with self.critical():
@@ -324,7 +330,8 @@ class Trainer:
                     save_checkpoint(run_dir, step, model=parts.student,
                                     tokenizer=parts.tokenizer, optimizer=parts.optimizer, scheduler=parts.scheduler,
                                     extra={}, keep=self.config.train.keep_checkpoints,
-                                    image_processor=getattr(parts.engine.vision, "image_processor", None))
+                                    image_processor=getattr(parts.engine.vision, "image_processor", None),
+                                    weights=weights, optimizer_state=optimizer_state)
                 except OSError as exc:
                     raise RunDirectoryError(f"saving checkpoint step {step}: {describe_os_error(run_dir, exc)}") from None
         acc.wait_for_everyone()

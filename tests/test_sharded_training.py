@@ -5,6 +5,7 @@ sampler copy kept equal to the shards. The processes run tests/fsdp_cases.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,25 +15,32 @@ import pytest
 import torch
 
 from reopold_agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reopold_agent.run_logging import read_metrics
 from reopold_agent.sharded_state import check_full_optimizer_state
 from tests import tiny
+from tests.test_train_e2e import _args, _comparable, tiny_models  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 """fp32: the shards' reduce-scatter sums in another order than one process's backward."""
 
 
-def _run(out: Path, processes: int) -> list[dict]:
+def _launch(processes: int, script: str, *args: str) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port),
-         str(REPO / "tests" / "fsdp_cases.py"), str(out)],
+         str(REPO / "tests" / script), *args],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _run(out: Path, processes: int) -> list[dict]:
+    out.mkdir()
+    _launch(processes, "fsdp_cases.py", str(out))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(processes)]
 
 
@@ -65,6 +73,35 @@ def test_fsdp_in_two_processes_updates_saves_and_resumes_like_one_process(tmp_pa
     loaded = AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
     torch.testing.assert_close({k: loaded[k] for k in sharded[0]["weights"]}, sharded[0]["weights"], rtol=0, atol=0)
     assert torch.load(checkpoint / "optimizer.pt", weights_only=False)["layout"] == "full_by_name"
+
+
+@pytest.mark.slow
+def test_fsdp_train_command_samples_saves_and_resumes_to_the_same_metrics(tiny_models, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = _args(tiny_models, straight, steps=2, extra=(
+        "--set", "train.save_every=1", "--set", "train.mini_batches=2", "--set", "eval.teacher=false",
+        "--set", "objective.switch_fraction=null", "--set", "objective.reopold.switch_step=1"))
+    _launch(2, "fsdp_train.py", *args)
+    # a run that stopped after its first checkpoint
+    shutil.copytree(straight, broken)
+    shutil.rmtree(broken / "checkpoints" / "step_000002")
+    (broken / "checkpoints" / "LATEST").write_text("step_000001")
+    resumed = _launch(2, "fsdp_train.py", *[str(broken) if a == str(straight) else a for a in args], "--resume")
+    assert "resumed from step 1" in resumed.stdout + resumed.stderr
+    rows = {(r["step"], tuple(sorted(r))): _comparable(r) for r in read_metrics(straight)}
+    again = {(r["step"], tuple(sorted(r))): _comparable(r) for r in read_metrics(broken)}
+    assert rows.keys() == again.keys() and len(read_metrics(broken)) == len(read_metrics(straight))
+    for key, row in rows.items():
+        for name, value in row.items():
+            other = again[key][name]
+            assert (value is None and other is None) or other == pytest.approx(value, rel=1e-5, abs=1e-6), (key, name)
+    saved = torch.load(straight / "checkpoints" / "step_000002" / "optimizer.pt", weights_only=False)
+    assert saved["layout"] == "full_by_name"  # the run's student was sharded
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(broken / "checkpoints" / "step_000002").state_dict()
+    before = AutoModelForCausalLM.from_pretrained(tiny_models[0]).state_dict()
+    assert [k for k in before if torch.equal(final[k], before[k])] == []  # every tensor trained
 
 
 def test_a_sharded_runs_checkpoint_is_refused_by_an_unsharded_student(tmp_path):
