@@ -20,6 +20,7 @@ from .activation_checkpointing import checkpointing_in_effect
 from .batching import TrainBatch
 from .objectives import LossScope, ObjectiveInputs, get_objective, loss_scope
 from .sequence_scoring import as_scorer
+from .shared_prefix import first_scored_positions, prefix_order
 from .step_stats import StepStats
 from .train_config import ObjectiveConfig, OptimConfig
 
@@ -69,6 +70,9 @@ def policy_update(
     positions of each micro-batch for a vision-language student; None for text students.
     Layers with activation checkpointing switched on recompute their activations in backward
     (:func:`~reopold_agent.activation_checkpointing.checkpointing_in_effect`).
+    A scorer with ``shared_prefix`` on scores the rows of a micro-batch that share a prompt with
+    that prompt encoded once; the rows of each mini-batch are first ordered so that they sit
+    next to each other (the loss does not depend on the micro-batch split).
 
     Raises:
         ValueError: ``batch`` has fewer rows than ``optim.mini_batches`` or a number of rows
@@ -81,6 +85,7 @@ def policy_update(
     mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
     totals = StepStats()
     step_scope = _loss_scope(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
+    shares_prefix = getattr(getattr(scorer, "module", scorer), "shared_prefix", False)
     with checkpointing_in_effect(scorer):
         for mini_rows in mini_batches:
             mini = batch.select(mini_rows)
@@ -88,7 +93,9 @@ def policy_update(
                 mini.current_entropy_BT = _current_entropy(scorer, mini, optim.micro_batch_rows, chunk_rows, device,
                                                            vision)
             scope = step_scope or _loss_scope(mini, settings, config, step, gather)
-            micro_batches = torch.arange(mini.num_rows).split(optim.micro_batch_rows)
+            rows = (prefix_order(mini.input_ids_BT, first_scored_positions(mini.valid_BT)) if shares_prefix
+                    else torch.arange(mini.num_rows))  # the loss does not depend on how rows are split
+            micro_batches = rows.split(optim.micro_batch_rows)
             for index, micro_rows in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 with contextlib.nullcontext() if last else no_sync():
@@ -122,7 +129,7 @@ def _micro_loss(scorer, fn, config, micro: TrainBatch, *, step: int, scope: Loss
                 vision: Any) -> tuple[Tensor, dict[str, float]]:
     """The objective's loss and stats on one micro-batch (already on the model's device)."""
     logp_BT, _ = scorer(micro.input_ids_BT, micro.attention_mask_BT, chunk_rows=chunk_rows,
-                        extra_inputs=forward_inputs(micro, vision))
+                        extra_inputs=forward_inputs(micro, vision), first_scored_B=first_scored_positions(micro.valid_BT))
     inputs = ObjectiveInputs(
         logprobs=logp_BT, loss_mask=micro.valid_BT, old_logprobs=micro.old_logprobs_BT,
         teacher_logprobs=micro.teacher_logprobs_BT, entropy=micro.objective_entropy_BT,

@@ -156,18 +156,29 @@ class SequenceScorer(torch.nn.Module):
     wrapped scorer; the student's own parameters are the scorer's (``scorer.model``).
     """
 
-    def __init__(self, model: Any, *, packed: bool = False) -> None:
+    def __init__(self, model: Any, *, packed: bool = False, shared_prefix: bool = False) -> None:
         super().__init__()
         backbone_and_head(model)  # refuse unsupported models before any engine wraps them
         self.model = model
         self.packed = packed
         """Score the rows' real tokens packed (``sequence_logprobs(packed=True)``)."""
+        self.shared_prefix = shared_prefix
+        """Given each row's first scored position, score rows that share the tokens before it
+        with that prefix encoded once (:func:`reopold_agent.shared_prefix.batch_logprobs`)."""
         # FSDP's automatic wrapping policy reads the layer classes from the wrapped module
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, *, with_entropy: bool = False,
-                chunk_rows: int = 1024, extra_inputs: dict[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
-        """:func:`sequence_logprobs` of ``self.model`` (same arguments and returns), packed if ``self.packed``."""
+                chunk_rows: int = 1024, extra_inputs: dict[str, Any] | None = None,
+                first_scored_B: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """:func:`sequence_logprobs` of ``self.model`` (same arguments and returns), packed if
+        ``self.packed``; with ``self.shared_prefix`` and ``first_scored_B`` ([B] each row's first
+        scored position) for a text batch, rows sharing their prefix score it once."""
+        if self.shared_prefix and first_scored_B is not None and extra_inputs is None:
+            from .shared_prefix import batch_logprobs
+
+            return batch_logprobs(self.model, input_ids_BT, attention_mask_BT, first_scored_B,
+                                  with_entropy=with_entropy, chunk_rows=chunk_rows, packed=self.packed)
         return sequence_logprobs(self.model, input_ids_BT, attention_mask_BT, with_entropy=with_entropy,
                                  chunk_rows=chunk_rows, extra_inputs=extra_inputs, packed=self.packed)
 
