@@ -7,6 +7,7 @@ server is back."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -100,6 +101,21 @@ def test_a_vllm_server_gives_the_hf_scorers_logprobs_and_refuses_another_tokeniz
                                                 r"difference at position \d+ \(student id \d+, teacher \d+"):
         stranger.check(tiny.tokenizer(), max_tokens=MAX_LEN - 1)
     stranger.close()
+
+
+@pytest.mark.slow
+def test_the_teacher_backend_benchmark_scores_the_same_trajectories_with_all_three(models, server, capsys):
+    spec = importlib.util.spec_from_file_location("benchmarks_teacher_backends",
+                                                  REPO / "benchmarks" / "teacher_backends.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--teacher", str(models[0] / "teacher"), "--server-url", server.url, "--rounds", "2",
+                          "--episodes", "4", "--min-tokens", "40", "--max-tokens", "120", "--threads", "1"])
+    assert list(results) == ["hf", "vllm", "server"]
+    for name, result in results.items():
+        assert len(result["seconds"]) == 2 and result["tokens_per_s"] > 0, name
+        assert result["max_gap_to_hf"] < LOGP_TOL, name
+    assert "4 trajectories" in capsys.readouterr().out
 
 
 @pytest.mark.slow
