@@ -12,7 +12,8 @@ batched kernels, ~1e-7 on CPU). Sampling is batch-invariant (:mod:`.sampling`): 
 from counter-based noise keyed by its own seed and decode step, never from a shared RNG.
 
 With ``static_cache`` the keys and values live in a ``StaticCache`` allocated once per batch at
-its final length (longest prompt plus largest budget), and every decode step gets the same
+its final length (longest prompt plus largest budget, rounded up to a multiple of
+:data:`STATIC_CACHE_STEP`), and every decode step gets the same
 shapes: the attention mask is allocated at that length too, with the positions not yet written
 masked out. Same tokens and log-probs as the growing cache up to float rounding; what it buys is
 a decode step that ``compile_decode`` can compile once (``torch.compile`` with
@@ -39,6 +40,11 @@ from ..vision.positions import next_positions
 from ..vision.processing import VisionProcessor
 from .backend import Generation, GenerationBackend, SamplingParams, check_rows
 from .sampling import row_keys, sample
+
+
+STATIC_CACHE_STEP = 128
+"""A static cache's length is rounded up to a multiple of this, so that turns of similar
+length share one compiled decode step."""
 
 
 class HFGenerationBackend(GenerationBackend):
@@ -138,9 +144,10 @@ class HFGenerationBackend(GenerationBackend):
         stop_ids = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
         keys_B = row_keys(seeds, device)
         if self.static_cache:
-            cache = StaticCache(config=self.model.config, max_cache_len=width + max(budgets))
+            length = -(-(width + max(budgets)) // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
             # the mask spans the whole cache from the start; slots are unmasked as they are written
-            attn_BL = torch.cat([attn_BL, torch.zeros((B, max(budgets)), dtype=attn_BL.dtype, device=device)], 1)
+            attn_BL = torch.cat([attn_BL, torch.zeros((B, length - width), dtype=attn_BL.dtype, device=device)], 1)
         else:
             cache = _new_cache(self.model)
 

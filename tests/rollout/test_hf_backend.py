@@ -135,3 +135,18 @@ def test_a_static_cache_samples_the_same_tokens_and_log_probs_as_the_growing_cac
 def test_compiling_the_decode_step_needs_the_static_cache():
     with pytest.raises(ValueError, match="compile_decode needs static_cache"):
         HFGenerationBackend(tiny.model("nano"), pad_token_id=0, compile_decode=True)
+
+
+@pytest.mark.slow
+def test_a_compiled_decode_step_samples_the_same_tokens():
+    """torch.compile of the static-cache decode step (inductor on the CPU; about a minute to compile)."""
+    tok, m = tiny.tokenizer(), tiny.model("nano")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    prompts, budgets, seeds = [prompt, prompt[:5]], [10, 6], [1, 2]
+    growing = HFGenerationBackend(m, pad_token_id=tok.pad_token_id).generate(prompts, budgets, SamplingParams(),
+                                                                           seeds=seeds)
+    compiled = HFGenerationBackend(m, pad_token_id=tok.pad_token_id, static_cache=True, compile_decode=True)
+    for _ in range(2):  # the second call replays the compiled step
+        for a, b in zip(growing, compiled.generate(prompts, budgets, SamplingParams(), seeds=seeds)):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
