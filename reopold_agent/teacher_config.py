@@ -83,12 +83,22 @@ class TeacherConfig:
     ``vllm``: vLLM's offline engine in the trainer's process; ``server``: an OpenAI-compatible
     server (``vllm serve``) that scores the student's token ids with ``prompt_logprobs``.
     ``vllm`` and ``server`` score text trajectories only."""
+    placement: Literal["replicated", "sharded"] = "replicated"
+    """How an ``hf`` teacher sits on the training processes. ``replicated``: a whole copy on
+    every process (its parameters in the teacher dtype, 2 bytes each in bf16). ``sharded``:
+    FSDP2 without optimizer (:mod:`reopold_agent.sharded_teacher`): each of W processes holds
+    1/W of the layers and embeddings plus the whole output head, and gathers one layer at a
+    time while scoring; it needs several processes, scores without ``model.shared_prefix``,
+    and cannot play episodes (``eval.teacher``, the ``sft`` objective)."""
     server: TeacherServerConfig = field(default_factory=TeacherServerConfig)
     vllm: TeacherVLLMConfig = field(default_factory=TeacherVLLMConfig)
 
     def __post_init__(self) -> None:
         if self.backend == "server" and self.server.url is None:
             raise FieldError("server.url", "must be set with teacher.backend=server (e.g. http://host:8000)")
+        if self.placement == "sharded" and self.backend != "hf":
+            raise FieldError("placement", f"must be replicated with teacher.backend={self.backend}: sharded places an "
+                                          "hf teacher (a vllm teacher spreads itself with tensor_parallel_size)")
 
 
 def check_placement(config: Any) -> None:
@@ -102,6 +112,13 @@ def check_placement(config: Any) -> None:
         ValueError: one of those combinations, naming the settings.
     """
     backend = config.teacher.backend
+    if config.teacher.placement == "sharded" and config.objective.name != "grpo":
+        playing = "objective sft plays the training episodes" if config.objective.name == "sft" else (
+            "eval.teacher plays evaluation episodes" if config.eval.teacher else None)
+        if playing is not None:
+            raise ValueError(f"{playing} with the teacher, which a sharded teacher cannot do (each process holds a "
+                             "part of it and processes decode different lengths); use teacher.placement=replicated"
+                             + ("" if config.objective.name == "sft" else " or set eval.teacher=false"))
     if backend == "hf" or config.objective.name == "grpo":
         return
     if config.objective.name == "sft":

@@ -57,10 +57,35 @@ def build_teacher(config: TrainConfig, teacher_path: str | None, tokenizer: Any,
             vision.check_compatible(teacher_model.config, "teacher")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    return TeacherScorer(teacher_model.to(device), pad_token_id=tokenizer.pad_token_id,
+    teacher_model = teacher_model.to(device)
+    sharded = config.teacher.placement == "sharded"
+    if sharded:
+        teacher_model = _sharded(teacher_model, device)
+    return TeacherScorer(teacher_model, pad_token_id=tokenizer.pad_token_id,
                          batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
                          vision=vision, packed=config.model.packed_sequences,
-                         shared_prefix=config.model.shared_prefix)
+                         shared_prefix=config.model.shared_prefix and not sharded)
+
+
+def _sharded(teacher_model: Any, device: Any) -> Any:
+    """``teacher_model`` sharded over the training processes (``teacher.placement: sharded``).
+
+    Raises:
+        UsageError: a single process (nothing to shard over), or a model without layer classes.
+    """
+    import torch.distributed as dist
+
+    from .sharded_teacher import shard_teacher, teacher_mesh
+
+    processes = dist.get_world_size() if dist.is_initialized() else 1
+    if processes < 2:
+        raise UsageError("teacher.placement=sharded spreads the teacher over several training processes, and this "
+                         "run has one: launch it with accelerate launch --num_processes N, or use "
+                         "teacher.placement=replicated")
+    try:
+        return shard_teacher(teacher_model, teacher_mesh(device, processes))
+    except ValueError as exc:
+        raise UsageError(f"teacher.placement=sharded: {exc}") from None
 
 
 def _server_teacher(config: TrainConfig, tokenizer: Any, env: Mapping[str, str]) -> Any:
