@@ -41,15 +41,22 @@ def load_tokenizer(path: str) -> Any:
 
 
 def load_model(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: bool = False) -> Any:
-    """A text or vision-language model (by its config), with a one-line error naming role and path."""
+    """A text or vision-language model (by its config), with a one-line error naming role and path.
+    A LoRA run's checkpoint (an adapter folder) loads as its base model with the adapter merged."""
+    from .lora import LoraUnavailable, is_adapter_folder, load_merged_adapter
     from .vision.loading import ModelLoadError
     from .vision.loading import load_model as load
 
     from .sequence_scoring import backbone_and_head
 
+    def load_folder(folder: str) -> Any:
+        return load(folder, dtype=dtype, role=role, trust_remote_code=trust_remote_code)
+
     try:
-        model = load(path, dtype=dtype, role=role, trust_remote_code=trust_remote_code)
+        model = load_merged_adapter(path, load_folder) if is_adapter_folder(path) else load_folder(path)
         backbone_and_head(model)  # the scoring path needs a plain head; refuse others before training
+    except LoraUnavailable as exc:
+        raise UsageError(f"{role} {path} is a LoRA adapter: {exc}") from None
     except (ModelLoadError, ValueError) as exc:
         raise UsageError(f"{role} {path}: {_first_line(exc)}" if not isinstance(exc, ModelLoadError)
                          else str(exc)) from None

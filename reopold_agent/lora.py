@@ -7,8 +7,8 @@ wrapped student is what checkpoints save (its ``save_pretrained`` writes the ada
 :func:`adapted_model`, the base model with the adapter layers injected and active, which is
 an ordinary ``*ForCausalLM`` to the rollout backend and the chunked scorer. At the end of a run
 :func:`save_merged` writes the adapter folded into the base weights, a folder that loads with
-``from_pretrained``. A checkpoint's adapter folder loads with ``from_pretrained`` too (transformers'
-``peft`` integration applies it to the base model its ``adapter_config.json`` names).
+``from_pretrained``. A checkpoint's adapter folder loads as a student or teacher too
+(:func:`load_merged_adapter`: the base its ``adapter_config.json`` names, adapter folded in).
 
 ``peft`` is imported only when a run asks for an adapter (``pip install 'reopold-agent[lora]'``);
 :func:`is_lora_model` and the checkpoint helpers work without it installed.
@@ -16,9 +16,10 @@ an ordinary ``*ForCausalLM`` to the rollout backend and the chunked scorer. At t
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -122,3 +123,40 @@ def save_merged(model: Any, out: str | Path, *, tokenizer: Any = None, image_pro
         if part is not None:
             part.save_pretrained(out)
     return out
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a saved adapter (a LoRA run's checkpoint) rather than a model folder."""
+    folder = Path(path)
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter folder was trained on: ``base_model_name_or_path`` of its
+    ``adapter_config.json`` (the student's path as the run named it).
+
+    Raises:
+        ValueError: the config cannot be read or names no base model.
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the adapter config ({type(exc).__name__})") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path} names no base model (base_model_name_or_path)")
+    return base
+
+
+def load_merged_adapter(adapter_dir: str | Path, load_base: Callable[[str], Any]) -> Any:
+    """The base model the adapter in ``adapter_dir`` names, loaded with ``load_base(path)``, with
+    the adapter folded into its weights: a plain model to sample, score or train.
+
+    Raises:
+        LoraUnavailable: ``peft`` is not installed.
+        ValueError: the adapter config names no base model.
+    """
+    peft = require_peft()
+    base = load_base(adapter_base(adapter_dir))
+    return peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -12,12 +12,15 @@ import torch
 pytest.importorskip("peft")
 
 from reopold_agent.cli import main
+from reopold_agent.commands import load_model
 from reopold_agent.config_loading import ConfigError, from_dict
 from reopold_agent.lora import (
     LoraUnavailable,
     adapted_model,
+    adapter_base,
     attach_lora,
     checkpoint_weights,
+    is_adapter_folder,
     is_lora_model,
     load_checkpoint_weights,
     trainable_parameters,
@@ -89,6 +92,16 @@ def test_adapter_initialisation_follows_the_seed_and_leaves_the_global_rng():
     assert any(not torch.equal(first[n], other[n]) for n in first)
 
 
+def test_adapter_folders_are_recognised_and_name_their_base(tmp_path):
+    student = attach_lora(tiny.model(), LoraSettings(r=2))
+    student.save_pretrained(tmp_path / "adapter")
+    assert is_adapter_folder(tmp_path / "adapter") and not is_adapter_folder(tmp_path)
+    with pytest.raises(ValueError, match="names no base model"):  # built in memory: no base path recorded
+        adapter_base(tmp_path / "adapter")
+    with pytest.raises(ValueError, match="cannot read the adapter config"):
+        adapter_base(tmp_path)
+
+
 def test_missing_peft_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError
     with pytest.raises(LoraUnavailable, match=r"pip install 'reopold-agent\[lora\]'"):
@@ -138,5 +151,8 @@ def test_lora_run_saves_adapters_resumes_them_and_merges(tiny_models, tmp_path, 
     plain = AutoModelForCausalLM.from_pretrained(straight / "merged")
     with_adapter = AutoModelForCausalLM.from_pretrained(ckpt)  # transformers applies the adapter to its base
     ids_BT = torch.randint(0, 200, (1, 10))
+    as_student = load_model(str(ckpt), dtype=torch.float32, role="student")  # what eval --student CKPT loads
+    assert not is_lora_model(as_student)
     with torch.no_grad():
         torch.testing.assert_close(plain(ids_BT).logits, with_adapter(ids_BT).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(plain(ids_BT).logits, as_student(ids_BT).logits, rtol=1e-4, atol=1e-5)
