@@ -253,8 +253,8 @@ def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any 
         backend = vllm_backend(path, config, vision, processes=processes)
     else:
         backend = (ShardedStudentSampler if sharded else HFGenerationBackend)(
-            model, pad_token_id=tokenizer.pad_token_id, vision=vision,
-                                      cpu_threads=config.rollout.torch_threads)
+            model, pad_token_id=tokenizer.pad_token_id, vision=vision, cpu_threads=config.rollout.torch_threads,
+            static_cache=config.rollout.static_cache, compile_decode=config.rollout.compile_decode)
     return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
 
 

@@ -86,6 +86,13 @@ class RolloutConfig:
     image_max_pixels: int = ranged(401408, ge=1)
     """Vision-language students: larger images are shrunk to at most this many pixels (with
     patch 14 and merge 2, 401,408 pixels = 512 image tokens)."""
+    static_cache: bool = False
+    """``hf`` backend: decode over a static KV cache allocated once per batch, every decode step
+    of the same shapes (same tokens and log-probs as the growing cache up to float rounding;
+    text students only)."""
+    compile_decode: bool = False
+    """``hf`` backend: compile the decode step (``torch.compile``, CUDA graphs on a GPU); needs
+    ``static_cache``. Compiling costs a minute or more at the first batch of each shape."""
     backend: Literal["hf", "vllm"] = "hf"
     """Who samples the student's turns: ``hf``, a decode loop over the trainer's own model, or
     ``vllm``, vLLM's offline engine in the same process (text students only), whose weights
@@ -96,6 +103,9 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.compile_decode and not self.static_cache:
+            raise ValueError("rollout.compile_decode needs rollout.static_cache: true (a growing cache changes the "
+                             "decode step's shapes every token)")
         if self.image_min_pixels > self.image_max_pixels:
             raise ValueError(f"rollout.image_min_pixels ({self.image_min_pixels}) must be at most "
                              f"rollout.image_max_pixels ({self.image_max_pixels})")

@@ -150,3 +150,15 @@ def test_a_compiled_decode_step_samples_the_same_tokens():
         for a, b in zip(growing, compiled.generate(prompts, budgets, SamplingParams(), seeds=seeds)):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+
+
+def test_the_run_config_turns_the_static_cache_on():
+    from reopold_agent.commands import rollout_engine
+    from reopold_agent.rollout.config import RolloutConfig
+    from reopold_agent.train_config import TrainConfig
+
+    config = TrainConfig(rollout=RolloutConfig(static_cache=True))
+    assert rollout_engine(tiny.model("nano"), tiny.tokenizer(), config).backend.static_cache
+    assert not rollout_engine(tiny.model("nano"), tiny.tokenizer(), TrainConfig()).backend.static_cache
+    with pytest.raises(ValueError, match="rollout.compile_decode needs rollout.static_cache"):
+        RolloutConfig(compile_decode=True)
