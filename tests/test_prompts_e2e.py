@@ -87,3 +87,23 @@ def test_sft_without_reference_solutions_says_so(models, tmp_path, capsys):
     assert main(["sft", "--prompts", str(bare), "--student", str(models[0]), "--steps", "2",
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert 'no train item has a "reference" solution' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["flag", "config", "set"])
+def test_naming_prompts_drops_the_presets_environment_arguments(how, prompts, tmp_path):
+    from reopold_agent.cli import build_parser, resolve_config
+
+    extra = {"flag": ["--prompts", str(prompts)], "set": ["--set", f"task.prompts={prompts}"]}.get(how)
+    if extra is None:
+        own = tmp_path / "own.yaml"
+        own.write_text(f"task:\n  prompts: {prompts}\n  env_kwargs:\n    system_prompt: Be brief.\n")
+        extra = ["--config", str(own)]
+    config = resolve_config(build_parser().parse_args(["train", "--task", "tool_math", *extra]))
+    assert config.task.prompts == str(prompts)
+    assert config.task.env_kwargs == ({"system_prompt": "Be brief."} if how == "config" else {})
+
+
+def test_prompts_and_another_environment_are_refused(prompts, capsys):
+    assert main(["train", "--prompts", str(prompts), "--env", "reopold_agent/ToolMath-v0"]) == 2
+    assert "task.prompts plays reopold_agent/PromptDataset-v0; it cannot be combined with task.env_id" \
+        in capsys.readouterr().err
