@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .batching import TrainBatch
 from .sequence_scoring import as_scorer
+from .shared_prefix import first_scored_positions, prefix_order
 from .trajectory import Trajectory
 
 RATIO_BAND = (0.5, 2.0)
@@ -48,6 +49,9 @@ def recompute_behaviour(model: Any, batch: TrainBatch, *, micro_batch_rows: int,
 
     Returns:
         logp_BT, entropy_BT: [B, T] float32 on the CPU; column 0 holds 0.
+
+    Rows of one prompt go through the same forward where they fit, so that a scorer with
+    ``shared_prefix`` on encodes their prompt once.
     """
     if batch.pixel_inputs is not None:
         raise ValueError("recomputing the behaviour policy is implemented for text batches only")
@@ -57,10 +61,11 @@ def recompute_behaviour(model: Any, batch: TrainBatch, *, micro_batch_rows: int,
     logp_out = torch.zeros_like(batch.old_logprobs_BT)
     ent_out = torch.zeros_like(batch.old_logprobs_BT)
     try:
-        for rows in torch.arange(batch.num_rows).split(micro_batch_rows):
+        firsts_B = first_scored_positions(batch.valid_BT)
+        for rows in prefix_order(batch.input_ids_BT, firsts_B).split(micro_batch_rows):
             micro = batch.select(rows).to(device)
             logp_BT, ent_BT = scorer(micro.input_ids_BT, micro.attention_mask_BT, with_entropy=True,
-                                     chunk_rows=chunk_rows)
+                                     chunk_rows=chunk_rows, first_scored_B=firsts_B[rows].to(device))
             logp_out[rows, : logp_BT.shape[1]] = logp_BT.float().cpu()
             ent_out[rows, : ent_BT.shape[1]] = ent_BT.float().cpu()
     finally:

@@ -84,3 +84,16 @@ def test_each_micro_batch_encodes_each_prompt_once(monkeypatch):
                         or real(model, rows, prefix_len, **kw))
     _update("reopold", 0, shared=True, micro_rows=3, mini_batches=1)
     assert sorted(calls) == [(3, 7), (3, 10), (3, 13)]
+
+
+def test_recomputed_behaviour_is_the_same_with_shared_prefixes():
+    from reopold_agent.behaviour import recompute_behaviour
+
+    model = tiny.model("nano", seed=1)
+    batch = collate(_groups(model, tiny.model("nano", seed=2)), pad_token_id=0)
+    plain = recompute_behaviour(model, batch, micro_batch_rows=4, chunk_rows=8, device="cpu")
+    shared = recompute_behaviour(SequenceScorer(model, shared_prefix=True), batch, micro_batch_rows=4, chunk_rows=8,
+                                 device="cpu")
+    valid = batch.valid_BT
+    for a, b in zip(shared, plain):
+        torch.testing.assert_close(a[valid], b[valid], atol=2e-5, rtol=1e-5)
