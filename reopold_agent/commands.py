@@ -333,6 +333,9 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     if is_fsdp(accelerator) and config.model.lora is not None:
         raise UsageError("model.lora with FSDP is not implemented; train the adapter with DDP (accelerate launch "
                          "--multi_gpu) or one process")
+    if is_fsdp(accelerator) and config.train.optimizer == "adamw_8bit":
+        raise UsageError("train.optimizer=adamw_8bit with FSDP is not implemented (bitsandbytes' 8-bit state is kept "
+                         "per whole parameter, not per shard); use train.optimizer=adamw, or adamw_8bit with DDP")
     sampler_copy = copy.deepcopy(adapted_model(student)) if is_fsdp(accelerator) else None
     optimizer = make_optimizer(student, config)
     per_step = config.train.mini_batches

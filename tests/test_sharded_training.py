@@ -25,7 +25,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 """fp32: the shards' reduce-scatter sums in another order than one process's backward."""
 
 
-def _launch(processes: int, script: str, *args: str) -> subprocess.CompletedProcess:
+def _launch(processes: int, script: str, *args: str, succeed: bool = True) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -34,7 +34,8 @@ def _launch(processes: int, script: str, *args: str) -> subprocess.CompletedProc
          str(REPO / "tests" / script), *args],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    if succeed:
+        assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
@@ -102,6 +103,15 @@ def test_fsdp_train_command_samples_saves_and_resumes_to_the_same_metrics(tiny_m
     final = AutoModelForCausalLM.from_pretrained(broken / "checkpoints" / "step_000002").state_dict()
     before = AutoModelForCausalLM.from_pretrained(tiny_models[0]).state_dict()
     assert [k for k in before if torch.equal(final[k], before[k])] == []  # every tensor trained
+
+
+@pytest.mark.slow
+def test_fsdp_refuses_8bit_adamw_in_one_line(tiny_models, tmp_path):
+    args = _args(tiny_models, tmp_path / "run", extra=("--set", "train.optimizer=adamw_8bit",
+                                                       "--set", "train.mini_batches=2"))
+    done = _launch(2, "fsdp_train.py", *args, succeed=False)
+    assert done.returncode != 0
+    assert "train.optimizer=adamw_8bit with FSDP is not implemented" in done.stderr
 
 
 def test_a_sharded_runs_checkpoint_is_refused_by_an_unsharded_student(tmp_path):
