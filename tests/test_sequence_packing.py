@@ -115,3 +115,19 @@ def test_rows_of_similar_length_run_padded_and_spread_rows_run_packed():
         sequence_logprobs(model, spread_BT, spread_attn_BT, packed=True)
     assert calls and all(no_mask for _, no_mask in calls)  # packed: positions, no attention mask
     assert sum(shape[0] * shape[1] for shape, _ in calls) <= 0.9 * spread_BT.numel()
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_model_packed_sequences_reaches_the_hf_teacher(tmp_path, packed):
+    from reopold_agent.commands import load_model, load_tokenizer
+    from reopold_agent.teacher_setup import build_teacher
+    from reopold_agent.train_config import ModelConfig, TrainConfig
+
+    student_path, teacher_path = tiny.save_tool_math_models(tmp_path)
+    config = TrainConfig(model=ModelConfig(packed_sequences=packed))
+    assert TrainConfig().model.packed_sequences  # on by default
+    tokenizer = load_tokenizer(str(student_path))
+    scorer = build_teacher(config, str(teacher_path), tokenizer, student=load_model(str(student_path),
+                           dtype=torch.float32, role="student"), vision=None, device="cpu", load_model=load_model,
+                           load_tokenizer=load_tokenizer, teacher_dtype=torch.float32)
+    assert scorer.packed is packed
