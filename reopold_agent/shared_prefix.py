@@ -15,6 +15,7 @@ inputs is scored the usual way by the caller.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +75,14 @@ def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, p
     G = len(token_ids)
     prefix_1P = torch.tensor([token_ids[0][:P]], device=device)
     encoded = backbone(input_ids=prefix_1P, use_cache=True)
-    cache, hidden_1PH = encoded.cache, encoded.last_hidden_state
+    # transformers >= 5.24 names the cache ``cache``; earlier versions (vLLM's pin) ``past_key_values``
+    cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    cache, hidden_1PH = getattr(encoded, cache_name), encoded.last_hidden_state
     cache.batch_repeat_interleave(G)
     cont_GL, cont_mask_GL = pad_right([ids[P:] for ids in token_ids], pad_token_id)
     cont_GL, cont_mask_GL = cont_GL.to(device), cont_mask_GL.to(device)
     mask_G = torch.cat([torch.ones(G, P, dtype=cont_mask_GL.dtype, device=device), cont_mask_GL], dim=1)
-    hidden_GLH = backbone(input_ids=cont_GL, attention_mask=mask_G, cache=cache,
+    hidden_GLH = backbone(input_ids=cont_GL, attention_mask=mask_G, **{cache_name: cache},
                           use_cache=True).last_hidden_state
 
     def project(hidden_BTH: Tensor, targets_BT: Tensor) -> tuple[Tensor, Tensor | None]:
