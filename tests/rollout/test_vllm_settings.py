@@ -61,6 +61,7 @@ def test_without_vllm_the_vllm_backend_stops_in_one_line(text_models, tmp_path, 
 def test_a_vision_language_student_is_refused_by_the_vllm_backend(tmp_path, capsys):
     student = tiny.vl_checkpoint(tmp_path / "student", seed=0)
     teacher = tiny.vl_checkpoint(tmp_path / "teacher", seed=1)
+    capsys.readouterr()  # saving may print progress bars; only the CLI's output is checked
     argv = ["train", "--task", "visual_qa", "--student", str(student), "--teacher", str(teacher), "--steps", "1",
             "--output-dir", str(tmp_path / "run"), "--set", "eval.num_problems=0", "--set", "rollout.backend=vllm",
             "--set", f"rollout.image_min_pixels={tiny.VL_PIXELS}", "--set", f"rollout.image_max_pixels={tiny.VL_PIXELS}"]
