@@ -140,14 +140,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                      compile_decode=decode == "compiled")
             engine = RolloutEngine(GoldFirstTurn(hf, tokenizer, args.turn_tokens, gold_text=gold_text), tokenizer,
                                    config)
-            for i in range(args.steps):  # the same seeds for every decode loop: the same episodes
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    t0 = time.perf_counter()
-                    trajs = engine.run(envs, requests, seed=args.seed + i, task="tool_math")
-                    if cuda:
-                        torch.cuda.synchronize()
-                rollouts[decode] = (time.perf_counter() - t0, trajs, dict(engine.timings))
-                print(f"step {i + 1}/{args.steps}: decode {decode}: rollout {rollouts[decode][0]:.2f} s")
+            try:
+                time_rollouts(engine, decode, rollouts, envs, requests, args, device)
+            except Exception as exc:  # noqa: BLE001 - one failing loop (a compiler error) leaves the others' figures
+                if decode == decodes[0]:
+                    raise
+                print(f"decode {decode} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     finally:
         sandbox.close()
     trajs = rollouts[decodes[0]][1]
@@ -163,6 +161,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 DECODE_LOOPS = ("growing", "static", "compiled")
+
+
+def time_rollouts(engine, decode: str, rollouts: dict, envs, requests, args, device: torch.device) -> None:
+    """``args.steps`` timed rollouts (seeds ``args.seed + i``, the same for every decode loop);
+    ``rollouts[decode]`` holds the last one's seconds, trajectories and engine timings."""
+    cuda = device.type == "cuda"
+    for i in range(args.steps):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            t0 = time.perf_counter()
+            trajs = engine.run(envs, requests, seed=args.seed + i, task="tool_math")
+            if cuda:
+                torch.cuda.synchronize()
+        rollouts[decode] = (time.perf_counter() - t0, trajs, dict(engine.timings))
+        print(f"step {i + 1}/{args.steps}: decode {decode}: rollout {rollouts[decode][0]:.2f} s")
 
 
 def report(args, rollouts: dict, phases: dict, student, teacher, peak: float, cuda: bool) -> dict[str, float]:
