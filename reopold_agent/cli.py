@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .config_loading import ConfigError
+from .errors import UsageError
 from .interruption import TrainingInterrupted
 from .run_directory import RunDirectoryError
 from .teacher_errors import TeacherError
@@ -23,10 +24,6 @@ from .replay.commands import add_replay_commands, run_plot_command, run_replay_c
 EXIT_USAGE = 2
 EXIT_TEACHER = 3
 """Exit code of a run stopped because the teacher failed mid-run (resumable with --resume)."""
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,8 +271,4 @@ def default_cache_dir() -> Path:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # ``python -m reopold_agent.cli``: run the package's module, whose UsageError the commands
-    # raise (this file runs as ``__main__``, a second copy with its own UsageError class)
-    from reopold_agent.cli import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .cli import UsageError
+from .errors import UsageError
 from .config_loading import to_dict
 from .config_ranges import FieldError
 from .lora import adapted_model, save_merged, trainable_parameters

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError
+from .errors import UsageError
 from .commands import (
     _note,
     avoid_cudnn_attention,

@@ -3,7 +3,7 @@ the module named in ``--env``.
 
 The CLI runs them right after the configuration is read and validated, before torch and
 transformers load, so that a typo costs a fraction of a second. Each problem raises
-``reopold_agent.cli.UsageError`` (one line, exit code 2).
+``reopold_agent.errors.UsageError`` (one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import UsageError
+from .errors import UsageError
 from .train_config import TrainConfig
 
 

@@ -9,7 +9,7 @@
   (:meth:`reopold_agent.teacher_server.ServerTeacher.check`).
 
 ``vllm`` and ``server`` score text only: a vision-language student or teacher is refused.
-Problems found here raise :class:`~reopold_agent.cli.UsageError` (one line, nothing trained yet).
+Problems found here raise :class:`~reopold_agent.errors.UsageError` (one line, nothing trained yet).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .cli import UsageError
+from .errors import UsageError
 from .train_config import TrainConfig
 
 

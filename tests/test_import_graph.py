@@ -3,6 +3,7 @@ function-level imports included), so each module can be read after the ones it u
 
 import ast
 import graphlib
+import sys
 from pathlib import Path
 
 import reopold_agent
@@ -11,9 +12,6 @@ PACKAGE = Path(reopold_agent.__file__).parent
 
 # Groups of modules still importing one another, each to be untangled; any other cycle fails.
 KNOWN_CYCLES = (
-    # through ``cli.UsageError``: an errors module ends it
-    {"reopold_agent.cli", "reopold_agent.commands", "reopold_agent.eval_command",
-     "reopold_agent.preflight", "reopold_agent.replay.commands", "reopold_agent.teacher_setup"},
     # SequenceScorer dispatches to shared-prefix scoring, which uses sequence_scoring's functions
     {"reopold_agent.sequence_scoring", "reopold_agent.shared_prefix"},
 )
@@ -66,3 +64,13 @@ def test_no_import_cycles():
         graphlib.TopologicalSorter(pruned).prepare()
     except graphlib.CycleError as exc:
         raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
+
+
+def test_the_errors_module_imports_the_standard_library_only():
+    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    assert not relative and imported <= set(sys.stdlib_module_names) | {"__future__"}

@@ -3,7 +3,7 @@
 ``reopold_agent.cli`` wires them: ``add_replay_commands(sub)`` in ``build_parser`` and a dispatch
 to :func:`run_replay_command` / :func:`run_plot_command` in ``main``. Heavy imports (textual,
 matplotlib, transformers) happen inside the command bodies, so ``reopold-agent --help`` stays fast.
-Problems the user can fix raise ``reopold_agent.cli.UsageError`` (one line, exit code 2).
+Problems the user can fix raise ``reopold_agent.errors.UsageError`` (one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ..errors import UsageError
 from .fields import FIELDS
 
 
@@ -53,8 +54,6 @@ def add_replay_commands(subparsers) -> None:
 
 def run_replay_command(args: argparse.Namespace) -> int:
     """Body of ``reopold-agent replay``."""
-    from ..cli import UsageError
-
     session = _open_session(args)
     if args.export:
         return _export(session, args)
@@ -71,7 +70,6 @@ def run_replay_command(args: argparse.Namespace) -> int:
 
 def run_plot_command(args: argparse.Namespace) -> int:
     """Body of ``reopold-agent plot``."""
-    from ..cli import UsageError
     from ..plots import plot_run
 
     if args.max_files < 1:
@@ -92,7 +90,6 @@ def run_plot_command(args: argparse.Namespace) -> int:
 
 
 def _open_session(args: argparse.Namespace):
-    from ..cli import UsageError
     from ..sandbox import make_sandbox
     from .decoding import TokenDecoder
     from .loading import open_run
@@ -125,7 +122,6 @@ def _open_session(args: argparse.Namespace):
 
 def _sandbox_overrides(items: list[str]) -> dict:
     """``--sandbox KEY=VALUE`` flags as a mapping (values read as YAML)."""
-    from ..cli import UsageError
     from ..config_loading import ConfigError, parse_override
     from ..sandbox import SandboxConfig
 
@@ -144,7 +140,6 @@ def _sandbox_overrides(items: list[str]) -> dict:
 
 
 def _selection(session, args: argparse.Namespace):
-    from ..cli import UsageError
     from .filters import parse_filter
 
     try:
@@ -163,7 +158,6 @@ def _selection(session, args: argparse.Namespace):
 
 
 def _export(session, args: argparse.Namespace) -> int:
-    from ..cli import UsageError
     from .html_export import export_html
 
     fmt, out = args.export
@@ -191,7 +185,6 @@ def _export(session, args: argparse.Namespace) -> int:
 
 def _ui_filter(args: argparse.Namespace) -> str:
     """The UI's starting filter from --filter and one --step (checked here, before the UI)."""
-    from ..cli import UsageError
     from .filters import parse_filter
 
     if args.step and len(set(args.step)) > 1:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from reopold_agent.cli import UsageError
+from reopold_agent.errors import UsageError
 from reopold_agent.replay.commands import add_replay_commands, run_plot_command, run_replay_command
 
 

@@ -122,7 +122,7 @@ def test_only_the_users_flags_weaken_the_replay_sandbox(tmp_path, capsys):
     ("novalue", "must look like section.key=value"),
 ])
 def test_bad_sandbox_flags_are_usage_errors(synthetic_run, flag, message):
-    from reopold_agent.cli import UsageError
+    from reopold_agent.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
         _open(synthetic_run, "--sandbox", flag)

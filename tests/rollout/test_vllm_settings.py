@@ -70,7 +70,7 @@ def test_a_vision_language_student_is_refused_by_the_vllm_backend(tmp_path, caps
 
 
 def test_the_vllm_backend_refuses_several_training_processes(text_models):
-    from reopold_agent.cli import UsageError
+    from reopold_agent.errors import UsageError
     from reopold_agent.commands import vllm_backend
     from reopold_agent.train_config import TrainConfig
 
