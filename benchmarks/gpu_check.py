@@ -26,7 +26,7 @@ from reopold_agent.rollout.backend import Generation, GenerationBackend
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
 from reopold_agent.sequence_scoring import SequenceScorer, sequence_logprobs
 from reopold_agent.teacher import TeacherScorer
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 
 
 class GoldFirstTurn(GenerationBackend):
@@ -189,7 +189,7 @@ def timed_teacher_and_update(trajs: list, scorer: TeacherScorer, student: Any, *
         t2 = time.perf_counter()
         batch = collate(trajs, pad_token_id=pad_token_id)
         stats = policy_update(SequenceScorer(student, packed=packed), optimizer, scheduler, batch, step=10,
-                              settings=ObjectiveConfig(), optim=OptimConfig(micro_batch_rows=micro_batch),
+                              settings=ObjectiveConfig(), optim=TrainLoopConfig(micro_batch_rows=micro_batch),
                               total_steps=300, backward=lambda loss: loss.backward(),
                               clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
                               vision=vision)

@@ -27,7 +27,7 @@ from reopold_agent.sequence_scoring import SequenceScorer, sequence_logprobs
 from reopold_agent.teacher import TeacherScorer
 from reopold_agent.teacher_scoring import ScoringRow
 from reopold_agent.demo.tiny_models import build_causal_lm
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 from reopold_agent.trajectory import Trajectory
 
 
@@ -59,7 +59,7 @@ def random_trajectories(student, teacher, lengths: list[int], vocab: int, group_
     return out
 
 
-def time_update(student, batch, packed: bool, optim: OptimConfig) -> float:
+def time_update(student, batch, packed: bool, optim: TrainLoopConfig) -> float:
     """Seconds of one REOPOLD policy update (SGD at lr 0, so every run sees the same weights)."""
     opt = torch.optim.SGD(student.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trajs = random_trajectories(student, teacher, lengths, len(tokenizer), 4, args.seed)
     batch = collate(trajs, pad_token_id=tokenizer.pad_token_id)
     rows = [ScoringRow(t.token_ids, t.loss_mask) for t in trajs]
-    optim = OptimConfig(micro_batch_rows=args.micro_batch, mini_batches=args.mini_batches)
+    optim = TrainLoopConfig(micro_batch_rows=args.micro_batch, mini_batches=args.mini_batches)
     times: dict[str, list[float]] = {k: [] for k in ("teacher_padded", "teacher_packed", "update_padded",
                                                      "update_packed")}
     for r in range(args.repeats + 1):  # the first round warms up and is not counted

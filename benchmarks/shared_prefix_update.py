@@ -22,7 +22,7 @@ from reopold_agent.demo.embedded import gold_conversations, task_tokenizer
 from reopold_agent.demo.tiny_models import build_causal_lm
 from reopold_agent.policy_update import policy_update
 from reopold_agent.sequence_scoring import SequenceScorer, sequence_logprobs
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 from reopold_agent.trajectory import Trajectory
 from shared_prefix_scoring import rollout_rows
 
@@ -69,7 +69,7 @@ def main() -> None:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
             start = time.perf_counter()
             policy_update(scorer, opt, sched, batch, step=0, settings=ObjectiveConfig(name="reopold"),
-                          optim=OptimConfig(mini_batches=args.mini_batches, micro_batch_rows=args.micro_batch_rows),
+                          optim=TrainLoopConfig(mini_batches=args.mini_batches, micro_batch_rows=args.micro_batch_rows),
                           total_steps=10, backward=lambda loss: loss.backward(),
                           clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
                           generator=torch.Generator().manual_seed(r))

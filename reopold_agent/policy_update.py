@@ -22,7 +22,7 @@ from .objectives import LossScope, ObjectiveInputs, get_objective, loss_scope
 from .sequence_scoring import as_scorer
 from .shared_prefix import first_scored_positions, prefix_order
 from .step_stats import StepStats
-from .train_config import ObjectiveConfig, OptimConfig
+from .train_config import ObjectiveConfig, TrainLoopConfig
 
 Gather = Callable[[Tensor], Tensor]
 """Concatenates a 1-D tensor across processes (identity in a single process)."""
@@ -49,7 +49,7 @@ def policy_update(
     *,
     step: int,
     settings: ObjectiveConfig,
-    optim: OptimConfig,
+    optim: TrainLoopConfig,
     total_steps: int,
     backward: Callable[[Tensor], None],
     clip_grad: Callable[[float], Tensor],

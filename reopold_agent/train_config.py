@@ -126,7 +126,7 @@ class ObjectiveConfig:
 
 
 @dataclass
-class OptimConfig:
+class TrainLoopConfig:
     """The training loop: batch sizes, optimiser, schedule, checkpoints."""
 
     steps: int = ranged(100, ge=1)
@@ -195,7 +195,7 @@ class TrainConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

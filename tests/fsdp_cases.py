@@ -40,7 +40,7 @@ from reopold_agent.policy_update import policy_update  # noqa: E402
 from reopold_agent.sequence_scoring import SequenceScorer  # noqa: E402
 from reopold_agent.sharded_sampling import ShardedStudentSampler  # noqa: E402
 from reopold_agent.sharded_state import gather_full_optimizer_state, gather_full_weights, is_sharded  # noqa: E402
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig  # noqa: E402
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig  # noqa: E402
 from tests import tiny  # noqa: E402
 from tests.test_policy_update import _trajectories  # noqa: E402
 
@@ -87,7 +87,7 @@ def _update(accelerator, model, scorer, optimizer, scheduler, batch, captured: d
         return update.clip_gradients(max_norm)
 
     policy_update(scorer, optimizer, scheduler, mine, step=3, settings=settings,
-                  optim=OptimConfig(micro_batch_rows=max(mine.num_rows // 2, 1), mini_batches=1, grad_clip=1e9),
+                  optim=TrainLoopConfig(micro_batch_rows=max(mine.num_rows // 2, 1), mini_batches=1, grad_clip=1e9),
                   total_steps=10, backward=update.backward, clip_grad=clip, gather=update.gather,
                   no_sync=update.no_sync)
 

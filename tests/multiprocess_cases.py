@@ -28,7 +28,7 @@ from reopold_agent.cross_process import EngineUpdate, gather_values  # noqa: E40
 from reopold_agent.objectives.config import ReopoldConfig  # noqa: E402
 from reopold_agent.policy_update import policy_update  # noqa: E402
 from reopold_agent.sequence_scoring import SequenceScorer  # noqa: E402
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig  # noqa: E402
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig  # noqa: E402
 from tests.test_policy_update import _trajectories  # noqa: E402
 from tests import tiny  # noqa: E402
 
@@ -59,7 +59,7 @@ def update_on_share(accelerator: Accelerator, *, wrap: bool) -> dict[str, dict[s
     settings = ObjectiveConfig(name="reopold", switch_fraction=None, reopold=ReopoldConfig(switch_step=0, beta=0.5))
     micro_rows = max(mine.num_rows // 2, 1)
     policy_update(scorer, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), mine, step=3,
-                  settings=settings, optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=1, grad_clip=1e9),
+                  settings=settings, optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=1, grad_clip=1e9),
                   total_steps=10, backward=update.backward, clip_grad=update.clip_gradients, gather=update.gather,
                   no_sync=update.no_sync)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -5,7 +5,7 @@ import torch
 from reopold_agent.activation_checkpointing import checkpointed_layers, checkpointing_in_effect
 from reopold_agent.batching import collate
 from reopold_agent.policy_update import policy_update
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 from reopold_agent.vision.loading import enable_activation_checkpointing
 from tests import tiny
 from tests.test_policy_update import _trajectories
@@ -32,7 +32,7 @@ def _update(checkpointing: bool) -> tuple[int, dict[str, torch.Tensor], dict[str
 
     opt = Capture(model.parameters(), lr=0.0)
     stats = policy_update(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), batch, step=0,
-                          settings=ObjectiveConfig(), optim=OptimConfig(micro_batch_rows=2, mini_batches=1),
+                          settings=ObjectiveConfig(), optim=TrainLoopConfig(micro_batch_rows=2, mini_batches=1),
                           total_steps=10, backward=lambda loss: loss.backward(),
                           clip_grad=lambda m: torch.tensor(0.0))
     return calls[0], grads, stats, model

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from reopold_agent.lr_schedule import lr_multiplier
-from reopold_agent.train_config import OptimConfig
+from reopold_agent.train_config import TrainLoopConfig
 
 
 def test_warmup_rises_linearly_then_constant_stays_at_one():
@@ -29,4 +29,4 @@ def test_bad_schedule_settings_are_named():
     with pytest.raises(ValueError, match="unknown lr decay 'linear'"):
         lr_multiplier(5, warmup_steps=0, total_steps=10, decay="linear")
     with pytest.raises(ValueError, match="final_lr_ratio"):
-        OptimConfig(final_lr_ratio=1.5)
+        TrainLoopConfig(final_lr_ratio=1.5)

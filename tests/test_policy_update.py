@@ -6,7 +6,7 @@ import torch
 from reopold_agent.batching import collate
 from reopold_agent.policy_update import policy_update
 from reopold_agent.sequence_scoring import sequence_logprobs
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 from reopold_agent.trajectory import Trajectory
 from tests import tiny
 
@@ -47,7 +47,7 @@ def _grads_after(micro_rows, name, step, scope="minibatch"):
     settings = ObjectiveConfig(name=name, selection_scope=scope, switch_fraction=None)
     settings.reopold = type(settings.reopold)(switch_step=2)
     stats = policy_update(model, opt, sched, batch, step=step, settings=settings,
-                          optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,
+                          optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,
                           backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0))
     return captured, stats
 
@@ -77,7 +77,7 @@ def _stats_with_stale_behaviour(micro_rows):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     return policy_update(model, opt, sched, batch, step=0, settings=ObjectiveConfig(name="rkl_sg"),
-                         optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,
+                         optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=1), total_steps=10,
                          backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0))
 
 
@@ -116,7 +116,7 @@ def _optimiser_steps(rows, mini_batches):
     opt = Count(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     policy_update(model, opt, sched, batch, step=0, settings=ObjectiveConfig(name="rkl_sg"),
-                  optim=OptimConfig(micro_batch_rows=1, mini_batches=mini_batches), total_steps=10,
+                  optim=TrainLoopConfig(micro_batch_rows=1, mini_batches=mini_batches), total_steps=10,
                   backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0),
                   generator=torch.Generator().manual_seed(0))
     return len(steps), sched.last_epoch
@@ -144,7 +144,7 @@ def test_refinement_selects_by_the_configured_entropy_source(source):
     settings = ObjectiveConfig(name="reopold", entropy_source=source, switch_fraction=None)
     settings.reopold = type(settings.reopold)(switch_step=0)
     stats = policy_update(model, opt, sched, batch, step=0, settings=settings,
-                          optim=OptimConfig(micro_batch_rows=6, mini_batches=1), total_steps=10,
+                          optim=TrainLoopConfig(micro_batch_rows=6, mini_batches=1), total_steps=10,
                           backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0))
     with torch.no_grad():
         _, current_BT = sequence_logprobs(model, batch.input_ids_BT, batch.attention_mask_BT, with_entropy=True)

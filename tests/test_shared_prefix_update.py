@@ -6,7 +6,7 @@ import torch
 from reopold_agent.batching import collate
 from reopold_agent.policy_update import policy_update
 from reopold_agent.sequence_scoring import SequenceScorer, sequence_logprobs
-from reopold_agent.train_config import ObjectiveConfig, OptimConfig
+from reopold_agent.train_config import ObjectiveConfig, TrainLoopConfig
 from reopold_agent.trajectory import Trajectory
 from tests import tiny
 
@@ -51,7 +51,7 @@ def _update(name, step, *, shared, micro_rows, mini_batches):
     settings = ObjectiveConfig(name=name, switch_fraction=None)
     settings.reopold = type(settings.reopold)(switch_step=2)
     stats = policy_update(scorer, opt, sched, batch, step=step, settings=settings,
-                          optim=OptimConfig(micro_batch_rows=micro_rows, mini_batches=mini_batches), total_steps=10,
+                          optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=mini_batches), total_steps=10,
                           backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0),
                           generator=torch.Generator().manual_seed(0))
     return captured, stats
