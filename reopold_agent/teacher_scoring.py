@@ -14,7 +14,8 @@ for the trainer and checks, every call, what peers have got wrong:
   (:class:`TeacherIdMismatch`).
 
 Each call returns a :class:`TeacherCall` (seconds, scored tokens, re-sent requests), logged
-per step as ``teacher/seconds``, ``teacher/tokens_per_s`` and ``teacher/retries``.
+per step as ``throughput/teacher_tokens_per_s`` and ``teacher/retries`` (the trainer logs the
+scoring's wall time as ``time/teacher_s``).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class TeacherCall:
     """Requests the backend had to send again (server backend)."""
 
     def metrics(self) -> dict[str, float]:
-        """The step's ``teacher/`` metrics."""
-        return {"teacher/seconds": self.seconds, "teacher/tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+        """The step's scoring throughput (a wall-clock measurement, under ``throughput/`` like the
+        others) and its re-sent requests."""
+        return {"throughput/teacher_tokens_per_s": self.tokens / max(self.seconds, 1e-9),
                 "teacher/retries": float(self.retries)}
 
 

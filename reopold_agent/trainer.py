@@ -210,7 +210,7 @@ class Trainer:
             model_tokens = sum(t.num_model_tokens for t in everyone)
             if behaviour:
                 metrics["time/recompute_s"] = t_recompute
-            if teacher_call is not None:  # this process's scoring: seconds, tokens/s, re-sent requests
+            if teacher_call is not None:  # this process's scoring: tokens/s, re-sent requests
                 metrics.update(teacher_call.metrics())
             metrics.update({
                 "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2 - t_recompute,

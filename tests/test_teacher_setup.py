@@ -69,7 +69,7 @@ def test_a_served_teacher_trains_like_the_in_process_one_and_logs_its_cost(model
     assert hf.keys() == served.keys() == {0, 1}
     for step in (0, 1):
         _same(hf[step], served[step], LEARNING)
-        assert served[step]["teacher/seconds"] > 0 and served[step]["teacher/tokens_per_s"] > 0
+        assert served[step]["time/teacher_s"] > 0 and served[step]["throughput/teacher_tokens_per_s"] > 0
         assert served[step]["teacher/retries"] == 0.0
         assert hf[step]["teacher/retries"] == 0.0  # every backend logs the same keys
     assert any(path == "/tokenize" for path, _, _ in server.requests), "the tokenizer was probed"

@@ -134,7 +134,7 @@ def test_two_steps_with_a_served_or_in_process_vllm_teacher_train_like_the_hf_te
         for step in (0, 1):
             for key in ("objective/loss", "rollout/reward_mean", "rollout/model_tokens_mean"):
                 assert other[step][key] == pytest.approx(hf[step][key], abs=TOL), (name, step, key)
-            assert other[step]["teacher/seconds"] > 0 and other[step]["teacher/tokens_per_s"] > 0
+            assert other[step]["time/teacher_s"] > 0 and other[step]["throughput/teacher_tokens_per_s"] > 0
             assert other[step]["teacher/retries"] == 0.0
         resolved = (tmp_path / name / "config.yaml").read_text()
         assert f"backend: {name}" in resolved
