@@ -114,6 +114,17 @@ def test_fsdp_refuses_8bit_adamw_in_one_line(tiny_models, tmp_path):
     assert "train.optimizer=adamw_8bit with FSDP is not implemented" in done.stderr
 
 
+@pytest.mark.slow
+def test_the_gpu_fsdp_benchmark_runs_in_two_cpu_processes():
+    import json
+
+    done = _launch(2, "../benchmarks/gpu_fsdp_update.py", "--strategy", "fsdp", "--shape", "tiny-student",
+                   "--device", "cpu", "--rows", "2", "--tokens", "32", "--steps", "1")
+    report = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["processes"] == 2 and report["strategy"] == "fsdp"
+    assert report["seconds_per_update"] > 0 and report["full_weight_gather_s"] > 0
+
+
 def test_a_sharded_runs_checkpoint_is_refused_by_an_unsharded_student(tmp_path):
     model = tiny.model("nano", seed=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
