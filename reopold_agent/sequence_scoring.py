@@ -22,42 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .model_parts import backbone_and_head
 from .sequence_packing import PackedRows, pack_rows, width_groups
+from .shared_prefix import group_logprobs, prefix_groups
 from .token_stats import hidden_logprobs_and_entropy
 
-
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-"""Config fields of model families whose forward changes the logits after the head (Gemma 2/3
-soft-capping, Cohere and Granite scaling); the chunked scoring here applies the head only."""
 PACKED_SLOTS_AT_MOST = 0.9
 """``packed`` scoring packs only when the packed rows hold at most this share of the padded
 rows' token slots."""
-_NEUTRAL = {"final_logit_softcapping": (None, 0, 0.0), "logit_scale": (None, 1, 1.0),
-            "logits_scaling": (None, 1, 1.0)}
-
-
-def backbone_and_head(model: Any) -> tuple[Any, Any]:
-    """Split a ``*ForCausalLM`` / ``*ForConditionalGeneration`` into (backbone, lm_head).
-
-    Raises:
-        ValueError: the model has no separate head, or its config transforms the logits after
-            the head (:data:`LOGIT_TRANSFORMS`), which scoring through backbone and head would
-            silently leave out.
-    """
-    configs = [getattr(model, "config", None)]
-    configs.append(getattr(configs[0], "text_config", None))
-    for config in filter(None, configs):
-        for name in LOGIT_TRANSFORMS:
-            value = getattr(config, name, None)
-            if value not in _NEUTRAL[name]:
-                raise ValueError(f"{type(model).__name__} transforms its logits after the head ({name}={value}); "
-                                 "scoring through backbone and head would leave that out, so such models are not "
-                                 "supported")
-    head = model.get_output_embeddings()
-    backbone = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if head is None or backbone is None or backbone is model:
-        raise ValueError(f"{type(model).__name__} has no separate backbone and lm_head to score with")
-    return backbone, head
 
 
 def sequence_logprobs(
@@ -147,6 +119,42 @@ def _packed_logprobs(backbone: Any, head: Any, input_ids_BT: Tensor, packed: Pac
     return logp_BT, ent_BT
 
 
+def shared_prefix_logprobs(model: Any, input_ids_BT: Tensor, attention_mask_BT: Tensor, first_scored_B: Tensor, *,
+                   with_entropy: bool = False, chunk_rows: int = 1024,
+                   packed: bool = False) -> tuple[Tensor, Tensor | None]:
+    """:func:`~reopold_agent.sequence_scoring.sequence_logprobs` of a right-padded batch, with
+    the rows that share their tokens before ``first_scored_B`` scored by :func:`group_logprobs`
+    (prefix once) and the others as usual (``packed`` or padded). Same [B, T] outputs, with
+    gradients when they are enabled."""
+    B, T = input_ids_BT.shape
+    lengths = attention_mask_BT.sum(-1).tolist()
+    firsts = first_scored_B.tolist()
+    ids = [input_ids_BT[b, :n].tolist() for b, n in enumerate(lengths)]
+    usable = [b for b in range(B) if 1 <= firsts[b] < lengths[b]]
+    groups, _ = prefix_groups([ids[b] for b in usable], [firsts[b] for b in usable])
+    logp_rows: list[Tensor | None] = [None] * B
+    ent_rows: list[Tensor | None] = [None] * B
+    for group in groups:
+        members = [usable[j] for j in group.rows]
+        scored = group_logprobs(model, [ids[b] for b in members], group.prefix_len, pad_token_id=0,
+                                with_entropy=with_entropy, chunk_rows=chunk_rows)
+        for b, (logp_T, ent_T) in zip(members, scored):
+            logp_rows[b], ent_rows[b] = logp_T, ent_T
+    rest = [b for b in range(B) if logp_rows[b] is None]
+    if rest:
+        picked = torch.tensor(rest, device=input_ids_BT.device)
+        logp_RT, ent_RT = sequence_logprobs(model, input_ids_BT[picked], attention_mask_BT[picked],
+                                            with_entropy=with_entropy, chunk_rows=chunk_rows, packed=packed)
+        for r, b in enumerate(rest):
+            logp_rows[b] = logp_RT[r]
+            ent_rows[b] = ent_RT[r] if ent_RT is not None else None
+
+    def stack(rows: list) -> Tensor:
+        return torch.stack([torch.nn.functional.pad(row, (0, T - row.shape[0])) for row in rows])
+
+    return stack(logp_rows), (stack(ent_rows) if with_entropy else None)
+
+
 class SequenceScorer(torch.nn.Module):
     """A causal LM whose ``forward`` is :func:`sequence_logprobs`: the module an engine wraps.
 
@@ -164,7 +172,7 @@ class SequenceScorer(torch.nn.Module):
         """Score the rows' real tokens packed (``sequence_logprobs(packed=True)``)."""
         self.shared_prefix = shared_prefix
         """Given each row's first scored position, score rows that share the tokens before it
-        with that prefix encoded once (:func:`reopold_agent.shared_prefix.batch_logprobs`)."""
+        with that prefix encoded once (:func:`shared_prefix_logprobs`)."""
         # FSDP's automatic wrapping policy reads the layer classes from the wrapped module
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
@@ -175,9 +183,7 @@ class SequenceScorer(torch.nn.Module):
         ``self.packed``; with ``self.shared_prefix`` and ``first_scored_B`` ([B] each row's first
         scored position) for a text batch, rows sharing their prefix score it once."""
         if self.shared_prefix and first_scored_B is not None and extra_inputs is None:
-            from .shared_prefix import batch_logprobs
-
-            return batch_logprobs(self.model, input_ids_BT, attention_mask_BT, first_scored_B,
+            return shared_prefix_logprobs(self.model, input_ids_BT, attention_mask_BT, first_scored_B,
                                   with_entropy=with_entropy, chunk_rows=chunk_rows, packed=self.packed)
         return sequence_logprobs(self.model, input_ids_BT, attention_mask_BT, with_entropy=with_entropy,
                                  chunk_rows=chunk_rows, extra_inputs=extra_inputs, packed=self.packed)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .batching import pad_right
-from .sequence_scoring import backbone_and_head
+from .model_parts import backbone_and_head
 from .token_stats import hidden_logprobs_and_entropy
 
 
@@ -108,47 +108,9 @@ def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, p
 
 def first_scored_positions(valid_BT: Tensor) -> Tensor:
     """[B] index of each row's first scored token (its first True in ``valid_BT``; 0 for a row
-    with none, which :func:`batch_logprobs` then scores whole)."""
+    with none, which is then scored whole)."""
     return torch.where(valid_BT.any(-1), valid_BT.to(torch.int8).argmax(-1), torch.zeros_like(valid_BT[:, 0],
                                                                                                dtype=torch.long))
-
-
-def batch_logprobs(model: Any, input_ids_BT: Tensor, attention_mask_BT: Tensor, first_scored_B: Tensor, *,
-                   with_entropy: bool = False, chunk_rows: int = 1024,
-                   packed: bool = False) -> tuple[Tensor, Tensor | None]:
-    """:func:`~reopold_agent.sequence_scoring.sequence_logprobs` of a right-padded batch, with
-    the rows that share their tokens before ``first_scored_B`` scored by :func:`group_logprobs`
-    (prefix once) and the others as usual (``packed`` or padded). Same [B, T] outputs, with
-    gradients when they are enabled."""
-    from .sequence_scoring import sequence_logprobs
-
-    B, T = input_ids_BT.shape
-    lengths = attention_mask_BT.sum(-1).tolist()
-    firsts = first_scored_B.tolist()
-    ids = [input_ids_BT[b, :n].tolist() for b, n in enumerate(lengths)]
-    usable = [b for b in range(B) if 1 <= firsts[b] < lengths[b]]
-    groups, _ = prefix_groups([ids[b] for b in usable], [firsts[b] for b in usable])
-    logp_rows: list[Tensor | None] = [None] * B
-    ent_rows: list[Tensor | None] = [None] * B
-    for group in groups:
-        members = [usable[j] for j in group.rows]
-        scored = group_logprobs(model, [ids[b] for b in members], group.prefix_len, pad_token_id=0,
-                                with_entropy=with_entropy, chunk_rows=chunk_rows)
-        for b, (logp_T, ent_T) in zip(members, scored):
-            logp_rows[b], ent_rows[b] = logp_T, ent_T
-    rest = [b for b in range(B) if logp_rows[b] is None]
-    if rest:
-        picked = torch.tensor(rest, device=input_ids_BT.device)
-        logp_RT, ent_RT = sequence_logprobs(model, input_ids_BT[picked], attention_mask_BT[picked],
-                                            with_entropy=with_entropy, chunk_rows=chunk_rows, packed=packed)
-        for r, b in enumerate(rest):
-            logp_rows[b] = logp_RT[r]
-            ent_rows[b] = ent_RT[r] if ent_RT is not None else None
-
-    def stack(rows: list) -> Tensor:
-        return torch.stack([torch.nn.functional.pad(row, (0, T - row.shape[0])) for row in rows])
-
-    return stack(logp_rows), (stack(ent_rows) if with_entropy else None)
 
 
 def prefix_order(input_ids_BT: Tensor, first_scored_B: Tensor) -> Tensor:

@@ -75,11 +75,11 @@ def test_shared_prefix_update_has_the_unshared_gradient(name, step, micro_rows, 
 def test_each_micro_batch_encodes_each_prompt_once(monkeypatch):
     """One mini-batch of 9 rows (3 prompts x 3) in micro-batches of 3 rows: the rows are ordered
     by prompt first, so every micro-batch is one group, scored with its prompt encoded once."""
-    import reopold_agent.shared_prefix as shared_prefix
+    import reopold_agent.sequence_scoring as sequence_scoring
 
     calls = []
-    real = shared_prefix.group_logprobs
-    monkeypatch.setattr(shared_prefix, "group_logprobs",
+    real = sequence_scoring.group_logprobs
+    monkeypatch.setattr(sequence_scoring, "group_logprobs",
                         lambda model, rows, prefix_len, **kw: calls.append((len(rows), prefix_len))
                         or real(model, rows, prefix_len, **kw))
     _update("reopold", 0, shared=True, micro_rows=3, mini_batches=1)
