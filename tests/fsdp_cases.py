@@ -48,14 +48,14 @@ ROWS = 8
 """Rows of the global batch; each of W processes trains on rows ``rank::W``."""
 
 
-def fsdp_accelerator() -> Accelerator:
+def fsdp_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An ``Accelerator`` over this launch's CPU processes that prepares models with FSDP2
     (transformer-layer wrapping), as ``accelerate launch`` with an FSDP2 config does on GPUs."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
-    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin)
+    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin, mixed_precision=mixed_precision)
     for shared in (PartialState._shared_state, AcceleratorState._shared_state):
         shared["distributed_type"] = DistributedType.FSDP
     AcceleratorState._shared_state["fsdp_plugin"] = plugin

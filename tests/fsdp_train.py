@@ -19,5 +19,5 @@ from reopold_agent.cli import main  # noqa: E402
 from tests.fsdp_cases import fsdp_accelerator  # noqa: E402
 
 if __name__ == "__main__":
-    fsdp_accelerator()
+    fsdp_accelerator("bf16" if "--bf16" in sys.argv else "no")  # the mixed precision train_command asks for
     sys.exit(main(sys.argv[1:]))

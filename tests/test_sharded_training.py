@@ -81,7 +81,8 @@ def test_fsdp_train_command_samples_saves_and_resumes_to_the_same_metrics(tiny_m
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = _args(tiny_models, straight, steps=2, extra=(
         "--set", "train.save_every=1", "--set", "train.mini_batches=2", "--set", "eval.teacher=false",
-        "--set", "objective.switch_fraction=null", "--set", "objective.reopold.switch_step=1"))
+        "--set", "objective.switch_fraction=null", "--set", "objective.reopold.switch_step=1",
+        "--set", "model.gradient_checkpointing=true"))
     _launch(2, "fsdp_train.py", *args)
     # a run that stopped after its first checkpoint
     shutil.copytree(straight, broken)
