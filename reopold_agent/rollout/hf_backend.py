@@ -20,6 +20,10 @@ a decode step that ``compile_decode`` can compile once (``torch.compile`` with
 ``mode="reduce-overhead"``: CUDA graphs on a GPU) instead of a step whose shapes change with
 every token.
 
+Rows with the same prompt (a group's rollouts of one prompt, at their first turn) are prefilled
+once with ``share_prompts``: the prefill runs over one row per distinct prompt, and its cache
+rows and last logits are copied to the rows that share it (text students with the growing cache).
+
 Vision-language students (given a :class:`~reopold_agent.vision.VisionProcessor`): rows carry
 their pixel inputs as ``extra_inputs[b]["vision"]``; the prefill gets the batch's pixel values,
 patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), and each
@@ -62,11 +66,12 @@ class HFGenerationBackend(GenerationBackend):
         static_cache: decode over a preallocated ``StaticCache`` with fixed-shape steps.
         compile_decode: compile the decode step (``torch.compile``, ``mode="reduce-overhead"``;
             needs ``static_cache``). The prefill runs uncompiled.
+        share_prompts: prefill each distinct prompt of a batch once (see the module docstring).
     """
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
                  vision: VisionProcessor | None = None, cpu_threads: int | None = None,
-                 static_cache: bool = False, compile_decode: bool = False) -> None:
+                 static_cache: bool = False, compile_decode: bool = False, share_prompts: bool = True) -> None:
         if cpu_threads is not None and cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or None, got {cpu_threads}")
         if compile_decode and not static_cache:
@@ -81,6 +86,7 @@ class HFGenerationBackend(GenerationBackend):
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.static_cache = static_cache
+        self.share_prompts = share_prompts
         self._decode_step = torch.compile(self._forward_last, mode="reduce-overhead") if compile_decode else None
 
     def generate(
@@ -157,7 +163,10 @@ class HFGenerationBackend(GenerationBackend):
         handed_B = torch.zeros(B, dtype=torch.bool, device=device)
         step_ids, step_pos = ids_BL, pos_BL
         for t in range(int(budget_B.max())):
-            logits_BV = self._step(t, step_ids, attn_BL, step_pos, cache, extra if t == 0 else {})
+            if t == 0:
+                logits_BV = self._prefill(prompts, step_ids, attn_BL, step_pos, cache, extra)
+            else:
+                logits_BV = self._step(t, step_ids, attn_BL, step_pos, cache, {})
             if t == 0 and decode_threads is not None:
                 torch.set_num_threads(decode_threads)
             logp_BV = F.log_softmax(logits_BV.float(), dim=-1)
@@ -184,6 +193,20 @@ class HFGenerationBackend(GenerationBackend):
                 attn_BL = torch.cat([attn_BL, torch.ones_like(attn_BL[:, :1])], dim=1)
             step_ids, step_pos = next_B[:, None], step_pos[..., -1:] + 1
         return _collect(tokens, logps, ents, budgets, stopped_B, stop_ids)
+
+    def _prefill(self, prompts: list[list[int]], ids, attn, pos, cache, extra) -> torch.Tensor:
+        """[B, V] logits of every row's last prompt token, filling ``cache``; each distinct prompt
+        runs once when ``share_prompts`` applies, its cache rows copied to the rows sharing it."""
+        owner_of: dict[tuple[int, ...], int] = {}
+        owners_B = [owner_of.setdefault(tuple(prompt), b) for b, prompt in enumerate(prompts)]
+        if not self.share_prompts or self.static_cache or extra or len(owner_of) == len(prompts):
+            return self._forward_last(ids, attn, pos, cache, extra)
+        unique_U = torch.tensor(sorted(owner_of.values()), device=ids.device)
+        slot = {b: u for u, b in enumerate(unique_U.tolist())}
+        copy_B = torch.tensor([slot[b] for b in owners_B], device=ids.device)
+        logits_UV = self._forward_last(ids[unique_U], attn[unique_U], pos[unique_U], cache, {})
+        cache.batch_select_indices(copy_B)  # one cache row per row, copied from its prompt's
+        return logits_UV[copy_B]
 
     def _step(self, t: int, ids, attn, pos, cache, extra) -> torch.Tensor:
         """[B, V] logits of the last position: the prefill at ``t == 0``, then a decode step

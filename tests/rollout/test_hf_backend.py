@@ -162,3 +162,26 @@ def test_the_run_config_turns_the_static_cache_on():
     assert not rollout_engine(tiny.model("nano"), tiny.tokenizer(), TrainConfig()).backend.static_cache
     with pytest.raises(ValueError, match="rollout.compile_decode needs rollout.static_cache"):
         RolloutConfig(compile_decode=True)
+
+
+def test_rows_sharing_a_prompt_are_prefilled_once_with_the_same_samples(monkeypatch):
+    """Two prompts x 3 rollouts and a lone shorter prompt: the prefill runs over the 3 distinct
+    prompts only, and every row samples the tokens (and log-probs) of the unshared prefill."""
+    tok, m = tiny.tokenizer(), tiny.model("micro")
+    prompt = tok(_prompt(), add_special_tokens=False)["input_ids"]
+    prompts = [prompt] * 3 + [prompt[:9]] * 3 + [prompt[:5]]
+    budgets, seeds = [16, 9, 16, 16, 4, 16, 12], [1, 2, 3, 4, 5, 6, 7]
+    params = SamplingParams(temperature=1.2, stop_token_ids=(tok.eos_token_id,))
+    unshared = HFGenerationBackend(m, pad_token_id=tok.pad_token_id, share_prompts=False)
+    shared = HFGenerationBackend(m, pad_token_id=tok.pad_token_id)
+    prefill_rows = []
+    forward = shared._forward_last
+    monkeypatch.setattr(shared, "_forward_last",
+                        lambda ids, *rest: prefill_rows.append(ids.shape) or forward(ids, *rest))
+    a = unshared.generate(prompts, budgets, params, seeds=seeds)
+    b = shared.generate(prompts, budgets, params, seeds=seeds)
+    assert prefill_rows[0][0] == 3 and all(shape[0] == 7 for shape in prefill_rows[1:])
+    assert len({tuple(g.token_ids) for g in b[:3]}) == 3  # the copies sample on their own
+    for x, y in zip(a, b):
+        assert x.token_ids == y.token_ids and x.finish_reason == y.finish_reason
+        torch.testing.assert_close(torch.tensor(y.logprobs), torch.tensor(x.logprobs), atol=1e-5, rtol=0)
