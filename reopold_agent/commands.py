@@ -254,7 +254,8 @@ def rollout_engine(model: Any, tokenizer: Any, config: TrainConfig, vision: Any 
     else:
         backend = (ShardedStudentSampler if sharded else HFGenerationBackend)(
             model, pad_token_id=tokenizer.pad_token_id, vision=vision, cpu_threads=config.rollout.torch_threads,
-            static_cache=config.rollout.static_cache, compile_decode=config.rollout.compile_decode)
+            static_cache=config.rollout.static_cache, compile_decode=config.rollout.compile_decode,
+            share_prompts=config.model.shared_prefix)
     return RolloutEngine(backend, tokenizer, config.rollout, vision=vision)
 
 

@@ -47,10 +47,10 @@ class ModelConfig:
     the same log-probs and gradients up to float rounding, without the padding. Rows with
     images always run padded."""
     shared_prefix: bool = True
-    """Rollouts of one prompt are scored with their shared prompt encoded once (its keys and
-    values reused by each rollout): by the ``hf`` teacher, and in the update wherever rollouts
-    of a prompt share a micro-batch (all of them with ``train.mini_batches: 1``). The same
-    log-probs and gradients up to float rounding. Text models only."""
+    """Rollouts of one prompt get their shared prompt encoded once (its keys and values reused
+    by each rollout): in the HF decode loop's prefill, by the ``hf`` teacher, and in the update
+    wherever rollouts of a prompt share a micro-batch (all of them with ``train.mini_batches:
+    1``). The same tokens, log-probs and gradients up to float rounding. Text models only."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
     ``peft``) instead of all its weights; null: full fine-tuning."""
