@@ -9,8 +9,11 @@ objective needs. The one sampled token is discarded. vLLM reports the prompt ids
 which are compared with the ids sent (:func:`~reopold_agent.teacher_scoring.check_same_ids`).
 
 The tokenizer check happens before (the teacher folder's tokenizer against the student's,
-:func:`reopold_agent.teacher.check_tokenizers`, in the CLI); ids beyond the teacher's
-vocabulary are refused by vLLM itself.
+:func:`reopold_agent.teacher.check_tokenizers`, in the CLI). Ids outside the teacher's
+vocabulary are refused before the engine sees them (vLLM's CPU engine fails on them), and
+whatever else vLLM raises while scoring (a row longer than the engine takes, for one) becomes a
+one-line :class:`~reopold_agent.teacher_scoring.TeacherError`, which stops the run before the
+step's update.
 
 Not supported: vision-language teachers (vLLM takes images through ``multi_modal_data``, but
 none of it could be tested here); a second vLLM engine in the same process (vLLM's parallel
@@ -26,7 +29,7 @@ from torch import Tensor
 
 from .rollout.vllm_backend import VLLMStartError, _caller_rng_kept, _first_line
 from .teacher_config import TeacherVLLMConfig
-from .teacher_scoring import ScoringRow, TeacherBackend, TeacherProtocolError, check_same_ids
+from .teacher_scoring import ScoringRow, TeacherBackend, TeacherError, TeacherProtocolError, check_same_ids
 
 _CPU_STEP_TOKENS = 4096
 """Tokens one engine step may process on the CPU (vLLM's CPU default)."""
@@ -73,6 +76,7 @@ class VLLMTeacher(TeacherBackend):
         try:
             with _caller_rng_kept():
                 self.llm = LLM(**kwargs)
+            self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
             self.score_rows([ScoringRow([0, 0], [0, 1])])  # some refusals come with the first forward
         except Exception as exc:  # noqa: BLE001 - vLLM raises many types; all mean "cannot serve this"
             raise VLLMStartError(f"vLLM cannot serve the teacher {model_path}: {_first_line(exc)}") from None
@@ -81,15 +85,27 @@ class VLLMTeacher(TeacherBackend):
             torch.set_num_threads = set_num_threads
 
     def score_rows(self, rows: list[ScoringRow]) -> list[Tensor]:
-        """Per row a [T] float32 tensor of the teacher's log-probs (position 0 holds NaN)."""
+        """Per row a [T] float32 tensor of the teacher's log-probs (position 0 holds NaN).
+
+        Raises:
+            TeacherError: a row holds an id outside the teacher's vocabulary, or vLLM failed.
+        """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if any(r.pixel_inputs is not None for r in rows):
             raise ValueError("the vllm teacher scores text rows only")
+        for b, row in enumerate(rows):
+            t = next((t for t, i in enumerate(row.token_ids) if not 0 <= i < self.vocab_size), None)
+            if t is not None:
+                raise TeacherError(f"row {b} holds id {row.token_ids[t]} at position {t}, outside the vllm teacher's "
+                                   f"vocabulary of {self.vocab_size}")
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r.token_ids)) for r in rows], params,
-                                    use_tqdm=False)
+        try:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r.token_ids)) for r in rows], params,
+                                        use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many types; each means the step went unscored
+            raise TeacherError(f"the vllm teacher could not score the step: {_first_line(exc)}") from None
         return [_row_logprobs(row.token_ids, out, b) for b, (row, out) in enumerate(zip(rows, outputs))]
 
     def close(self) -> None:

@@ -7,12 +7,14 @@ import random
 from reopold_agent.trajectory import Trajectory
 
 
-def random_trajectories(vocab: int, count: int = 12, seed: int = 0) -> list[Trajectory]:
-    """Random id sequences of 5 to 200 tokens: a prompt, then model and tool spans alternating."""
+def random_trajectories(vocab: int, count: int = 12, seed: int = 0, lengths: tuple[int, int] = (5, 200)
+                        ) -> list[Trajectory]:
+    """Random id sequences of ``lengths`` (inclusive) tokens: a prompt, then model and tool spans
+    alternating."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        n = rng.randint(5, 200)
+        n = rng.randint(*lengths)
         ids = [rng.randrange(vocab) for _ in range(n)]
         source = ["prompt"] * rng.randint(1, 4)
         while len(source) < n:
