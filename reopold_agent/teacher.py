@@ -25,7 +25,7 @@ import torch
 from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
 from .shared_prefix import group_logprobs, prefix_groups
-from .teacher_scoring import ScoringRow, TeacherBackend
+from .teacher_scoring import ScoringRow, TeacherBackend, TeacherIdMismatch
 
 
 class VocabularyMismatch(ValueError):
@@ -98,6 +98,12 @@ class TeacherScorer(TeacherBackend):
     def score_rows(self, rows: list[ScoringRow]) -> list[torch.Tensor]:
         """Per row a [T] float32 tensor of teacher log-probs (position 0 holds 0), rows batched by length."""
         device = next(self.model.parameters()).device
+        vocab = self.model.get_input_embeddings().num_embeddings
+        for b, row in enumerate(rows):
+            if row.token_ids and not 0 <= min(row.token_ids) <= max(row.token_ids) < vocab:
+                bad = next(t for t in row.token_ids if not 0 <= t < vocab)
+                raise TeacherIdMismatch(f"trajectory {b} holds token id {bad}, outside the teacher's vocabulary of "
+                                        f"{vocab}; the teacher must share the student's tokenizer")
         out: list[torch.Tensor | None] = [None] * len(rows)
         rest = range(len(rows))
         if self.shared_prefix:

@@ -37,3 +37,15 @@ def test_vocabulary_mismatch_is_a_clear_error():
         with pytest.raises(VocabularyMismatch, match="embedding has only"):
             check_vocabularies(tok, None, small_teacher)
     check_vocabularies(tok, tok, tiny.model("nano"))  # same vocabulary: fine
+
+
+def test_the_hf_teacher_refuses_an_id_outside_its_vocabulary_in_one_line():
+    from reopold_agent.teacher import TeacherScorer
+    from reopold_agent.teacher_scoring import ScoringRow, TeacherIdMismatch
+
+    model = tiny.model(seed=6)
+    vocab = model.get_input_embeddings().num_embeddings
+    rows = [ScoringRow([1, 2, 3], [0, 1, 1]), ScoringRow([1, vocab + 4, 3], [0, 1, 1])]
+    with pytest.raises(TeacherIdMismatch, match=f"trajectory 1 holds token id {vocab + 4}, outside the teacher's "
+                                                f"vocabulary of {vocab}"):
+        TeacherScorer(model, pad_token_id=0).score_rows(rows)
