@@ -169,8 +169,21 @@ def _train(args: argparse.Namespace, config, train_command) -> int:
     try:
         return train_command(config, resume=args.resume, cache_dir=default_cache_dir())
     finally:
+        _end_process_group()
         if lock is not None:
             lock.release()
+
+
+def _end_process_group() -> None:
+    """Destroy the launcher's process group, if one was started, once the models that held it
+    (a sharded student or teacher keeps it through its device mesh) are collected: gloo's worker
+    threads left to the interpreter's shutdown can abort the process."""
+    import gc
+
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to end
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def compare_command(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ teacher's parameters it holds, to ``OUT_DIR/rank{r}.pt``.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def main(out: Path) -> None:
               "held": held, "total": sum(p.numel() for p in whole.model.parameters()),
               "head": sharded_model.get_output_embeddings().weight.numel()}
     torch.save(result, out / f"rank{rank}.pt")
+    # the sharded model holds the process group through its mesh: free it before the group goes
+    del sharded, sharded_model
+    gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

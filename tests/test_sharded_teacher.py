@@ -16,7 +16,9 @@ import torch
 from reopold_agent.cli import main
 from reopold_agent.config_loading import ConfigError, from_dict
 from reopold_agent.train_config import TrainConfig
-from tests.test_train_e2e import _args, tiny_models  # noqa: F401  (fixture)
+from reopold_agent.run_logging import read_metrics
+from tests.test_multiprocess_train import _env, _launch
+from tests.test_train_e2e import _args, _comparable, tiny_models  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,26 @@ def test_a_sharded_teacher_scores_like_a_whole_one_holding_half_of_it(tmp_path):
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
         # half of everything but the head, which every process keeps whole
         assert result["held"] == (result["total"] - result["head"]) // 2 + result["head"]
+
+
+@pytest.mark.slow
+def test_two_process_training_with_a_sharded_teacher_logs_what_a_replicated_one_does(tiny_models, tmp_path):
+    """accelerate launch (DDP student); the sharded teacher scores without the shared prefix, so
+    the replicated run does too: the same log-probs, hence the same metrics."""
+    runs = {}
+    for placement in ("replicated", "sharded"):
+        out = tmp_path / placement
+        done = subprocess.run(_launch(tiny_models, out, extra=("--set", f"teacher.placement={placement}",
+                                                                "--set", "model.shared_prefix=false")),
+                              cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[placement] = [_comparable(r) for r in read_metrics(out)]
+    assert len(runs["sharded"]) == len(runs["replicated"])
+    for whole, sharded in zip(runs["replicated"], runs["sharded"]):
+        assert whole.keys() == sharded.keys()
+        for name, value in whole.items():
+            expected = value if value is None else pytest.approx(value, rel=1e-5, abs=1e-6)
+            assert sharded[name] == expected, name
 
 
 @pytest.mark.parametrize("settings, message", [

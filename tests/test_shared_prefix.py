@@ -92,4 +92,3 @@ def test_teacher_scores_groups_once_with_the_same_log_probs(packed):
     for a, b, row in zip(plain, shared, rows):
         assert b.shape == (len(row.token_ids),)
         torch.testing.assert_close(b[1:], a[1:], atol=2e-5, rtol=1e-5)
-

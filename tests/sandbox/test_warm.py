@@ -164,7 +164,9 @@ def test_wall_limit_counts_from_the_call_not_from_a_free_worker(warm):
     assert all(r.limit is SandboxLimit.WALL_TIMEOUT for r in results)
     assert all(r.queue_wait_s + r.duration_s < limit + 1.0 for r in results)
     never_ran = [r for r in results if r.exit_code is None]
-    assert len(never_ran) >= 4  # at most 2 ran at first; the rest waited out their limit
+    # both workers are held until about the limit; the waiters' limits end about then, so most
+    # wait it out and the few that catch a freshly respawned worker run only for what is left
+    assert len(never_ran) >= 2
     assert all(r.queue_wait_s >= limit - 0.1 and r.duration_s == 0.0 for r in never_ran)
     assert "did not run: all 2 sandbox workers were busy" in never_ran[0].stderr
     assert len(sandbox._pool._idle) == 2
