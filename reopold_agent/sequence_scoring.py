@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .model_parts import backbone_and_head
 from .sequence_packing import PackedRows, pack_rows, width_groups
-from .shared_prefix import group_logprobs, prefix_groups
+from .shared_prefix import groups_logprobs, prefix_groups
 from .token_stats import hidden_logprobs_and_entropy
 
 PACKED_SLOTS_AT_MOST = 0.9
@@ -123,22 +123,25 @@ def shared_prefix_logprobs(model: Any, input_ids_BT: Tensor, attention_mask_BT: 
                    with_entropy: bool = False, chunk_rows: int = 1024,
                    packed: bool = False) -> tuple[Tensor, Tensor | None]:
     """:func:`~reopold_agent.sequence_scoring.sequence_logprobs` of a right-padded batch, with
-    the rows that share their tokens before ``first_scored_B`` scored by :func:`group_logprobs`
-    (prefix once) and the others as usual (``packed`` or padded). Same [B, T] outputs, with
+    the rows that share their tokens before ``first_scored_B`` scored by :func:`groups_logprobs`
+    (each prefix once; when any prefix is shared, the other rows with a scored position join as
+    groups of one) and the rest as usual (``packed`` or padded). Same [B, T] outputs, with
     gradients when they are enabled."""
     B, T = input_ids_BT.shape
     lengths = attention_mask_BT.sum(-1).tolist()
     firsts = first_scored_B.tolist()
     ids = [input_ids_BT[b, :n].tolist() for b, n in enumerate(lengths)]
     usable = [b for b in range(B) if 1 <= firsts[b] < lengths[b]]
-    groups, _ = prefix_groups([ids[b] for b in usable], [firsts[b] for b in usable])
+    groups, singles = prefix_groups([ids[b] for b in usable], [firsts[b] for b in usable])
     logp_rows: list[Tensor | None] = [None] * B
     ent_rows: list[Tensor | None] = [None] * B
-    for group in groups:
-        members = [usable[j] for j in group.rows]
-        scored = group_logprobs(model, [ids[b] for b in members], group.prefix_len, pad_token_id=0,
-                                with_entropy=with_entropy, chunk_rows=chunk_rows)
-        for b, (logp_T, ent_T) in zip(members, scored):
+    if groups:
+        # a row alone with its prefix runs in the same two forwards, as a group of one
+        members = [[usable[j] for j in group.rows] for group in groups] + [[usable[j]] for j in singles]
+        scored = groups_logprobs(model, [[ids[b] for b in rows] for rows in members],
+                                 [g.prefix_len for g in groups] + [firsts[usable[j]] for j in singles],
+                                 pad_token_id=0, with_entropy=with_entropy, chunk_rows=chunk_rows)
+        for b, (logp_T, ent_T) in zip([b for rows in members for b in rows], scored):
             logp_rows[b], ent_rows[b] = logp_T, ent_T
     rest = [b for b in range(B) if logp_rows[b] is None]
     if rest:

@@ -2,9 +2,10 @@
 
 The G rollouts of one prompt start with the same tokens (system prompt, tool schemas, question),
 often most of each sequence. Scoring them one by one runs the model over that prefix G times.
-Here each group of rows with the same prefix runs it once: the backbone encodes the prefix with
-its key/value cache, the cache is repeated for the G rows, and the continuations are encoded
-against it, right-padded in one batch. Log-probs of the prefix tokens are projected once and
+Here each group of rows with the same prefix runs it once: the backbone encodes the groups'
+prefixes, left-padded in one batch, with their key/value cache; each row gets a copy of its
+group's cache rows, and all rows' continuations are encoded against them, right-padded in one
+batch (two forwards for any number of groups). Log-probs of the prefix tokens are projected once and
 shared. The result equals :func:`~reopold_agent.sequence_scoring.sequence_logprobs` on each
 whole row (causal attention: a prefix token never sees what follows it), up to float rounding.
 
@@ -59,49 +60,83 @@ def prefix_groups(token_ids: list[list[int]], first_scored: list[int], *, min_ro
 
 def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, pad_token_id: int,
                    with_entropy: bool = False, chunk_rows: int = 1024) -> list[tuple[Tensor, Tensor | None]]:
-    """Per row ([T] log-probs, [T] entropies or None) of G rows that share ``prefix_len`` tokens.
+    """Per row ([T] log-probs, [T] entropies or None) of G rows that share ``prefix_len`` tokens:
+    :func:`groups_logprobs` of that one group."""
+    return groups_logprobs(model, [token_ids], [prefix_len], pad_token_id=pad_token_id, with_entropy=with_entropy,
+                           chunk_rows=chunk_rows)
 
-    Position t holds ``log p(ids[t] | ids[:t])`` (float32; position 0 holds 0), as
+
+def groups_logprobs(model: Any, groups: list[list[list[int]]], prefix_lens: list[int], *, pad_token_id: int,
+                    with_entropy: bool = False, chunk_rows: int = 1024) -> list[tuple[Tensor, Tensor | None]]:
+    """Per row, groups in order, ([T] log-probs, [T] entropies or None) of K groups of rows,
+    the rows of group k sharing their first ``prefix_lens[k]`` tokens; two forwards in all.
+
+    The K prefixes run as one left-padded batch [K, P_max] with its key/value cache; the cache
+    rows are copied to the G rows of all groups, and the G right-padded continuations [G, L] run
+    as one batch against them, each at the positions after its own prefix. Position t holds
+    ``log p(ids[t] | ids[:t])`` (float32; position 0 holds 0), as
     :func:`~reopold_agent.sequence_scoring.sequence_logprobs` does; the entropy at t is that of
-    the distribution that predicted token t. Called with gradients enabled, the log-probs are
-    differentiable: the prefix's activations, computed once, receive the sum of the G rows'
-    gradients, so the parameters' gradient equals that of scoring each whole row.
+    the distribution that predicted token t. Only real positions are projected onto the
+    vocabulary. Called with gradients enabled, the log-probs are differentiable: a prefix's
+    activations, computed once, receive the sum of its rows' gradients, so the parameters'
+    gradient equals that of scoring each whole row.
+
+    Raises:
+        ValueError: a group's rows do not all start with its prefix, or one ends there.
     """
-    P = prefix_len
-    if not token_ids or any(len(ids) <= P or ids[:P] != token_ids[0][:P] for ids in token_ids):
-        raise ValueError(f"every row must start with the same {P} tokens and continue after them")
+    for rows, P in zip(groups, prefix_lens, strict=True):
+        if not rows or P < 1 or any(len(ids) <= P or ids[:P] != rows[0][:P] for ids in rows):
+            raise ValueError(f"every row must start with the same {P} tokens and continue after them")
     backbone, head = backbone_and_head(model)
     device = head.weight.device
-    G = len(token_ids)
-    prefix_1P = torch.tensor([token_ids[0][:P]], device=device)
-    encoded = backbone(input_ids=prefix_1P, use_cache=True)
+    K, P_max = len(groups), max(prefix_lens)
+    prefix_KP = torch.full((K, P_max), pad_token_id, dtype=torch.long)
+    prefix_mask_KP = torch.zeros(K, P_max, dtype=torch.long)
+    for k, (rows, P) in enumerate(zip(groups, prefix_lens)):
+        prefix_KP[k, P_max - P:] = torch.tensor(rows[0][:P])
+        prefix_mask_KP[k, P_max - P:] = 1
+    prefix_KP, prefix_mask_KP = prefix_KP.to(device), prefix_mask_KP.to(device)
+    encoded = backbone(input_ids=prefix_KP, attention_mask=prefix_mask_KP,
+                       position_ids=(prefix_mask_KP.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     # transformers >= 5.24 names the cache ``cache``; earlier versions (vLLM's pin) ``past_key_values``
     cache_name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    cache, hidden_1PH = getattr(encoded, cache_name), encoded.last_hidden_state
-    cache.batch_repeat_interleave(G)
-    cont_GL, cont_mask_GL = pad_right([ids[P:] for ids in token_ids], pad_token_id)
+    cache, hidden_KPH = getattr(encoded, cache_name), encoded.last_hidden_state
+
+    group_of = [k for k, rows in enumerate(groups) for _ in rows]
+    rows_G = [ids for rows in groups for ids in rows]
+    P_G = torch.tensor([prefix_lens[k] for k in group_of], device=device)
+    group_G = torch.tensor(group_of, device=device)
+    cache.batch_select_indices(group_G)  # each row's cache rows, copied from its group's prefix
+    cont_GL, cont_mask_GL = pad_right([ids[prefix_lens[k]:] for ids, k in zip(rows_G, group_of)], pad_token_id)
     cont_GL, cont_mask_GL = cont_GL.to(device), cont_mask_GL.to(device)
-    mask_G = torch.cat([torch.ones(G, P, dtype=cont_mask_GL.dtype, device=device), cont_mask_GL], dim=1)
-    hidden_GLH = backbone(input_ids=cont_GL, attention_mask=mask_G, **{cache_name: cache},
+    L = cont_GL.shape[1]
+    hidden_GLH = backbone(input_ids=cont_GL, attention_mask=torch.cat([prefix_mask_KP[group_G], cont_mask_GL], dim=1),
+                          position_ids=P_G[:, None] + torch.arange(L, device=device), **{cache_name: cache},
                           use_cache=True).last_hidden_state
 
-    def project(hidden_BTH: Tensor, targets_BT: Tensor) -> tuple[Tensor, Tensor | None]:
-        logp, ent = hidden_logprobs_and_entropy(hidden_BTH, head.weight, targets_BT,
+    def project(hidden_NH: Tensor, targets_N: Tensor) -> tuple[Tensor, Tensor | None]:
+        logp, ent = hidden_logprobs_and_entropy(hidden_NH[None], head.weight, targets_N[None],
                                                 lm_head_bias=getattr(head, "bias", None),
                                                 chunk_rows=chunk_rows, with_entropy=with_entropy)
-        return logp.float(), (ent.float() if ent is not None else None)
+        return logp[0].float(), (ent[0].float() if ent is not None else None)
 
-    # the prefix's own tokens 1..P-1, once; then each row's tokens P.., predicted by the last
-    # prefix position and the continuation's positions before them
-    prefix_logp, prefix_ent = project(hidden_1PH[:, :-1], prefix_1P[:, 1:])
-    predictors_GLH = torch.cat([hidden_1PH[:, -1:].expand(G, 1, -1), hidden_GLH[:, :-1]], dim=1)
-    cont_logp, cont_ent = project(predictors_GLH, cont_GL)
+    # each prefix's tokens 1..P-1, predicted by its real positions before them, once per group
+    real_KP = prefix_mask_KP.bool()
+    real_KP[torch.arange(K, device=device), P_max - torch.tensor(prefix_lens, device=device)] = False
+    prefix_logp, prefix_ent = project(hidden_KPH[:, :-1][real_KP[:, 1:]], prefix_KP[real_KP])
+    # each row's own tokens, predicted by its prefix's last position and its continuation before them
+    predictors_GLH = torch.cat([hidden_KPH[group_G, -1:], hidden_GLH[:, :-1]], dim=1)
+    real_GL = cont_mask_GL.bool()
+    cont_logp, cont_ent = project(predictors_GLH[real_GL], cont_GL[real_GL])
+    prefix_at = [0] + torch.tensor(prefix_lens).sub(1).cumsum(0).tolist()
+    cont_at = [0] + cont_mask_GL.sum(-1).cumsum(0).tolist()
     zero = torch.zeros(1, device=device)
     out = []
-    for g, ids in enumerate(token_ids):
-        n = len(ids) - P
-        logp_T = torch.cat([zero, prefix_logp[0], cont_logp[g, :n]])
-        ent_T = torch.cat([zero, prefix_ent[0], cont_ent[g, :n]]) if with_entropy else None
+    for g, k in enumerate(group_of):
+        logp_T = torch.cat([zero, prefix_logp[prefix_at[k]:prefix_at[k + 1]], cont_logp[cont_at[g]:cont_at[g + 1]]])
+        ent_T = None
+        if with_entropy:
+            ent_T = torch.cat([zero, prefix_ent[prefix_at[k]:prefix_at[k + 1]], cont_ent[cont_at[g]:cont_at[g + 1]]])
         out.append((logp_T, ent_T))
     return out
 

@@ -24,7 +24,7 @@ import torch
 
 from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
-from .shared_prefix import group_logprobs, prefix_groups
+from .shared_prefix import groups_logprobs, prefix_groups
 from .teacher_scoring import ScoringRow, TeacherBackend, TeacherIdMismatch
 
 
@@ -124,15 +124,27 @@ class TeacherScorer(TeacherBackend):
         return out  # type: ignore[return-value]
 
     def _score_groups(self, rows: list[ScoringRow], out: list) -> list[int]:
-        """Score the rows that share a prefix with others into ``out``; return the other rows."""
+        """Score into ``out`` the rows that share a prefix with others (and, when any do, the
+        other rows with a student token, as groups of one), each prefix once, about
+        ``batch_rows`` rows per pair of forwards; return the rows left to score whole."""
         scorable = [i for i, row in enumerate(rows) if any(row.loss_mask[1:])]
         firsts = [1 + row.loss_mask[1:].index(1) for row in (rows[i] for i in scorable)]
-        groups, _ = prefix_groups([rows[i].token_ids for i in scorable], firsts)
-        for group in groups:
-            members = [scorable[j] for j in group.rows]
-            scored = group_logprobs(self.model, [rows[i].token_ids for i in members], group.prefix_len,
-                                    pad_token_id=self.pad_token_id, chunk_rows=self.chunk_rows)
-            for i, (logp_T, _) in zip(members, scored):
+        groups, singles = prefix_groups([rows[i].token_ids for i in scorable], firsts)
+        if not groups:
+            return list(range(len(rows)))
+        members = [[scorable[j] for j in g.rows] for g in groups] + [[scorable[j]] for j in singles]
+        prefix_lens = [g.prefix_len for g in groups] + [firsts[j] for j in singles]
+        start = 0
+        while start < len(members):
+            end, held = start, 0
+            while end < len(members) and (end == start or held + len(members[end]) <= self.batch_rows):
+                held += len(members[end])
+                end += 1
+            scored = groups_logprobs(self.model, [[rows[i].token_ids for i in m] for m in members[start:end]],
+                                     prefix_lens[start:end], pad_token_id=self.pad_token_id,
+                                     chunk_rows=self.chunk_rows)
+            for i, (logp_T, _) in zip([i for m in members[start:end] for i in m], scored):
                 out[i] = logp_T.cpu()
-        grouped = {scorable[j] for group in groups for j in group.rows}
+            start = end
+        grouped = {i for m in members for i in m}
         return [i for i in range(len(rows)) if i not in grouped]

@@ -5,7 +5,7 @@ import torch
 
 from reopold_agent.batching import pad_right
 from reopold_agent.sequence_scoring import sequence_logprobs
-from reopold_agent.shared_prefix import group_logprobs, prefix_groups
+from reopold_agent.shared_prefix import group_logprobs, groups_logprobs, prefix_groups
 from tests import tiny
 
 
@@ -67,6 +67,47 @@ def test_group_logprobs_give_the_whole_rows_gradient():
     assert shared.keys() == whole.keys() and shared
     for name in whole:
         torch.testing.assert_close(shared[name], whole[name], atol=1e-5, rtol=1e-4)
+
+
+def _groups(seed: int) -> tuple[list[list[list[int]]], list[int]]:
+    """Three groups with prefixes of 1, 23 and 9 tokens and rows of ragged lengths."""
+    g = torch.Generator().manual_seed(seed)
+    groups, prefix_lens = [], [1, 23, 9]
+    for P, lengths in zip(prefix_lens, ((3, 8), (1, 9, 31, 4), (12,))):
+        prefix = torch.randint(3, 200, (P,), generator=g).tolist()
+        groups.append([prefix + torch.randint(3, 200, (n,), generator=g).tolist() for n in lengths])
+    return groups, prefix_lens
+
+
+def test_several_groups_in_two_forwards_equal_the_whole_rows_and_their_gradient():
+    """Prefixes of other lengths are left-padded together, each row continuing at its own
+    positions: the log-probs, entropies and the parameters' gradient are those of whole rows."""
+    groups, prefix_lens = _groups(7)
+    rows = [row for group in groups for row in group]
+    weights = [torch.randn(len(r), generator=torch.Generator().manual_seed(len(r))) for r in rows]
+
+    def run(shared):
+        model = tiny.model(seed=8)
+        calls = []
+        model.model.register_forward_hook(lambda *_: calls.append(1))
+        if shared:
+            scored = groups_logprobs(model, groups, prefix_lens, pad_token_id=0, with_entropy=True, chunk_rows=5)
+        else:
+            ids, attn = pad_right(rows, 0)
+            logp_BT, ent_BT = sequence_logprobs(model, ids, attn, with_entropy=True)
+            scored = [(logp_BT[b, :len(r)], ent_BT[b, :len(r)]) for b, r in enumerate(rows)]
+        sum((w * logp).sum() for w, (logp, _) in zip(weights, scored)).backward()
+        return scored, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    (shared, shared_grads, forwards), (whole, whole_grads, _) = run(True), run(False)
+    assert forwards == 2
+    for (logp, ent), (logp_w, ent_w), row in zip(shared, whole, rows):
+        assert logp.shape == ent.shape == (len(row),)
+        torch.testing.assert_close(logp[1:], logp_w[1:], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(ent[1:], ent_w[1:], atol=2e-5, rtol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and shared_grads
+    for name in whole_grads:
+        torch.testing.assert_close(shared_grads[name], whole_grads[name], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("packed", [False, True])

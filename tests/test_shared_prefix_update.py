@@ -78,12 +78,12 @@ def test_each_micro_batch_encodes_each_prompt_once(monkeypatch):
     import reopold_agent.sequence_scoring as sequence_scoring
 
     calls = []
-    real = sequence_scoring.group_logprobs
-    monkeypatch.setattr(sequence_scoring, "group_logprobs",
-                        lambda model, rows, prefix_len, **kw: calls.append((len(rows), prefix_len))
-                        or real(model, rows, prefix_len, **kw))
+    real = sequence_scoring.groups_logprobs
+    monkeypatch.setattr(sequence_scoring, "groups_logprobs",
+                        lambda model, groups, prefix_lens, **kw: calls.append(
+                            ([len(rows) for rows in groups], prefix_lens)) or real(model, groups, prefix_lens, **kw))
     _update("reopold", 0, shared=True, micro_rows=3, mini_batches=1)
-    assert sorted(calls) == [(3, 7), (3, 10), (3, 13)]
+    assert sorted(calls) == [([3], [7]), ([3], [10]), ([3], [13])]
 
 
 def test_recomputed_behaviour_is_the_same_with_shared_prefixes():
