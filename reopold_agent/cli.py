@@ -175,13 +175,14 @@ def _train(args: argparse.Namespace, config, train_command) -> int:
 
 
 def _end_process_group() -> None:
-    """Destroy the launcher's process group, if one was started, once the models that held it
-    (a sharded student or teacher keeps it through its device mesh) are collected: gloo's worker
-    threads left to the interpreter's shutdown can abort the process."""
+    """Destroy the launcher's process group (``torchrun`` / ``accelerate launch`` set
+    ``WORLD_SIZE``), once the models that held it (a sharded student or teacher keeps it through
+    its device mesh) are collected: gloo's worker threads left to the interpreter's shutdown can
+    abort the process. A single process's group, which vLLM starts for itself, is vLLM's to end."""
     import gc
 
     dist = sys.modules.get("torch.distributed")  # never imported: no group to end
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist is not None and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
 
