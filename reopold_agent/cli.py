@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
         check_inputs(config, command=args.command, data=getattr(args, "data", None),
                      teacher=getattr(args, "with_teacher", False))
-        from .commands import quiet_transformers, sft_command, train_command
+        from .commands import quiet_transformers, train_command
+        from .sft_command import sft_command
         from .eval_command import eval_command
 
         quiet_transformers()

@@ -269,7 +269,7 @@ def test_sft_data_skips_wrong_typed_lines_and_trains_on_the_rest(tiny_models, tm
 
 
 def test_sft_skips_a_conversation_the_template_cannot_render(tiny_models, capsys):
-    from reopold_agent.commands import _tokenize_all
+    from reopold_agent.sft_command import _tokenize_all
     from reopold_agent.demo.embedded import gold_conversations
     from transformers import AutoTokenizer
 
