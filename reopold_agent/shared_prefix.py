@@ -5,9 +5,10 @@ often most of each sequence. Scoring them one by one runs the model over that pr
 Here each group of rows with the same prefix runs it once: the backbone encodes the groups'
 prefixes, left-padded in one batch, with their key/value cache; each row gets a copy of its
 group's cache rows, and all rows' continuations are encoded against them, right-padded in one
-batch (two forwards for any number of groups). Log-probs of the prefix tokens are projected once and
-shared. The result equals :func:`~reopold_agent.sequence_scoring.sequence_logprobs` on each
-whole row (causal attention: a prefix token never sees what follows it), up to float rounding.
+batch (two forwards for any number of groups). Log-probs of the prefix tokens are projected
+once and shared. The result equals
+:func:`~reopold_agent.sequence_scoring.sequence_logprobs` on each whole row (causal attention:
+a prefix token never sees what follows it), up to float rounding.
 
 Rows are grouped by their tokens before the first scored position (the first 1 of the loss
 mask): the prompt, for the trajectories the engine records. Text models only: a row with pixel
