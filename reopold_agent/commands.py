@@ -16,12 +16,20 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .config_loading import to_dict
 from .config_ranges import FieldError
-from .lora import adapted_model, save_merged, trainable_parameters
+from .lora import adapted_model, save_merged
 from .lr_schedule import lr_multiplier
 from .train_config import TrainConfig
+from .train_setup import (
+    check_processes,
+    is_fsdp,
+    make_accelerator,
+    make_optimizer,
+    run_device,
+    with_lora,
+)
 
 
 def quiet_transformers() -> None:
@@ -37,7 +45,7 @@ def load_tokenizer(path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load tokenizer from {path!r}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load tokenizer from {path!r}: {first_line(exc)}") from None
 
 
 def load_model(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: bool = False) -> Any:
@@ -58,7 +66,7 @@ def load_model(path: str, *, dtype: torch.dtype, role: str, trust_remote_code: b
     except LoraUnavailable as exc:
         raise UsageError(f"{role} {path} is a LoRA adapter: {exc}") from None
     except (ModelLoadError, ValueError) as exc:
-        raise UsageError(f"{role} {path}: {_first_line(exc)}" if not isinstance(exc, ModelLoadError)
+        raise UsageError(f"{role} {path}: {first_line(exc)}" if not isinstance(exc, ModelLoadError)
                          else str(exc)) from None
     return model
 
@@ -107,28 +115,6 @@ def resolve_model_paths(config: TrainConfig, cache_dir: Path, *, need_teacher: b
         student = student or str(built.student)
         teacher = teacher or str(built.teacher)
     return student, teacher
-
-
-def run_device(config: TrainConfig) -> torch.device:
-    """The device of ``model.device``: ``auto`` is the current CUDA GPU when one is visible, else
-    the CPU. Naming ``cuda:N`` makes GPU N the current CUDA device of this process (where
-    accelerate and a bare ``"cuda"`` put tensors).
-
-    Raises:
-        UsageError: a CUDA device is asked for and none (or fewer) is visible.
-    """
-    name = config.model.device
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"model.device={name}: no CUDA GPU is visible here; use --device cpu")
-        if device.index is not None:
-            if device.index >= torch.cuda.device_count():
-                raise UsageError(f"model.device={name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-            torch.cuda.set_device(device.index)
-    return device
 
 
 def model_dtypes(config: TrainConfig) -> tuple[torch.dtype, torch.dtype, str]:
@@ -186,11 +172,11 @@ def make_env_factory(config: TrainConfig, sandbox: Any, split: str):
         env.close()
     except ToolEnvCheckError as exc:
         raise UsageError(f"environment {env_id!r} does not follow the tool-environment contract "
-                         f"(docs/environments.md): {_first_line(exc)}") from None
+                         f"(docs/environments.md): {first_line(exc)}") from None
     except FieldError as exc:  # a constructor argument out of range, named as the config key
         raise UsageError(f"task.env_kwargs.{exc.field} {exc.reason} (environment {env_id})") from None
     except (KeyError, ValueError, ImportError, ModuleNotFoundError, TypeError) as exc:
-        raise UsageError(f"cannot make environment {env_id!r}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot make environment {env_id!r}: {first_line(exc)}") from None
     if split == "eval" and not callable(getattr(env, "num_items", None)):
         _log(_plain_env_note(env_id, held_out="split" in kwargs))
     if split == "eval" and getattr(env, "eval_is_train", False):
@@ -323,7 +309,7 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
         from .vision.loading import enable_activation_checkpointing
 
         enable_activation_checkpointing(student)
-    student = with_lora(student, config)
+    student = with_lora(student, config, log=_log)
     teacher = None
     if need_teacher:
         teacher = build_teacher(config, teacher_path, tokenizer, student=student, vision=vision,
@@ -382,95 +368,6 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     return 0
 
 
-def with_lora(student: Any, config: TrainConfig) -> Any:
-    """``student`` wrapped in a fresh LoRA adapter when ``model.lora`` asks for one (its base
-    weights frozen), else ``student`` itself.
-
-    Raises:
-        UsageError: ``peft`` is not installed, or no module matches ``model.lora.target_modules``.
-    """
-    if config.model.lora is None:
-        return student
-    from .lora import LoraUnavailable, attach_lora, trainable_parameters
-
-    try:
-        wrapped = attach_lora(student, config.model.lora, seed=config.train.seed)
-    except (LoraUnavailable, ValueError) as exc:
-        raise UsageError(f"model.lora: {_first_line(exc)}") from None
-    trained = sum(p.numel() for p in trainable_parameters(wrapped))
-    total = sum(p.numel() for p in wrapped.parameters())
-    _log(f"LoRA adapter (r={config.model.lora.r}): training {trained:,} of the student's {total:,} parameters")
-    return wrapped
-
-
-def check_processes(config: TrainConfig) -> None:
-    """Refuse, before any model loads, a step shape that does not split evenly over the
-    launcher's processes (:func:`~reopold_agent.train_config.check_batch_shape`)."""
-    from accelerate import PartialState
-
-    from .train_config import check_batch_shape
-
-    try:
-        check_batch_shape(config, PartialState(cpu=run_device(config).type == "cpu").num_processes)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def make_accelerator(mixed_precision: str, *, vision_language: bool, cpu: bool) -> Any:
-    """The run's ``Accelerator``, with the strategy of the user's accelerate config: DDP across
-    the launcher's processes (or one process), or FSDP2 (``fsdp_version: 2``), which shards the
-    student's parameters, gradients and optimizer state over the processes. Mixed precision
-    from ``model.dtype``. A vision-language student's vision tower gets no gradient on a
-    micro-batch without images, so DDP looks for unused parameters then.
-
-    Raises:
-        UsageError: the accelerate config asks for a strategy this trainer does not run (FSDP
-            version 1, DeepSpeed, Megatron-LM).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
-
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=vision_language)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision,
-                              kwargs_handlers=[ddp])
-    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise UsageError("the accelerate config asks for FSDP version 1; this trainer runs FSDP2: set "
-                         "fsdp_version: 2 in the config (or accelerate launch --fsdp_version 2)")
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise UsageError(f"the accelerate config asks for {accelerator.distributed_type.value}, which this trainer "
-                         "does not run; use FSDP2 (fsdp_version: 2), DDP (accelerate launch --multi_gpu) or one "
-                         "process")
-    return accelerator
-
-
-def is_fsdp(accelerator: Any) -> bool:
-    """Whether ``accelerator`` shards the models it prepares (FSDP)."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.FSDP
-
-
-def make_optimizer(student: Any, config: TrainConfig) -> Any:
-    """AdamW over the student's trainable parameters: torch's (fp32 state), or bitsandbytes' 8-bit AdamW
-    (``train.optimizer: adamw_8bit``, CUDA only: its state takes a quarter of the memory).
-
-    Raises:
-        UsageError: 8-bit AdamW asked for without a CUDA GPU or without bitsandbytes.
-    """
-    kwargs = {"lr": config.train.lr, "weight_decay": config.train.weight_decay}
-    params = trainable_parameters(student)  # a LoRA student's adapter only
-    if config.train.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    if next(student.parameters()).device.type != "cuda":
-        raise UsageError("train.optimizer=adamw_8bit runs on a CUDA GPU only (bitsandbytes); use train.optimizer=adamw "
-                         "on the CPU")
-    try:
-        import bitsandbytes
-    except ImportError:
-        raise UsageError("train.optimizer=adamw_8bit needs bitsandbytes: pip install bitsandbytes") from None
-    return bitsandbytes.optim.AdamW8bit(params, **kwargs)
-
-
 def fit_eval_to_split(config: TrainConfig, make_eval_env: Any, *, log: Any) -> TrainConfig:
     """``config`` with ``eval.num_problems`` cut to the size of the environment's eval split,
     saying so once through ``log`` when it is cut (an environment without ``num_items``, or
@@ -527,7 +424,3 @@ def _note(message: str) -> None:
     """A line for the user on stderr, where it cannot mix with a command's JSON on stdout."""
     print(message, file=sys.stderr, flush=True)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -31,9 +31,9 @@ from .commands import (
     model_dtypes,
     resolve_model_paths,
     rollout_engine,
-    run_device,
 )
 from .train_config import TrainConfig
+from .train_setup import run_device
 
 
 def eval_command(config: TrainConfig, *, cache_dir: Path, output_dir: Path | None = None,

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from .commands import (
-    _first_line,
     _log,
     load_model,
     load_tokenizer,
@@ -21,10 +20,10 @@ from .commands import (
     make_env_factory,
     model_dtypes,
     resolve_model_paths,
-    run_device,
 )
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .train_config import TrainConfig
+from .train_setup import run_device
 
 
 def sft_command(config: TrainConfig, *, steps: int, data: str | None, cache_dir: Path) -> int:
@@ -117,7 +116,7 @@ def _tokenize_all(tokenizer: Any, conversations: list[list[dict]], vision: Any,
         try:
             examples.append(tokenize_conversation(tokenizer, conversation, tools, vision=vision))
         except (ValueError, TemplateError) as exc:
-            _log(f"skipped conversation {number}: {_first_line(exc)}")
+            _log(f"skipped conversation {number}: {first_line(exc)}")
     if not examples:
         raise UsageError("no conversation could be templated for training")
     return examples

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .rollout.vllm_backend import VLLMStartError, _caller_rng_kept, _first_line
+from .errors import first_line
+from .rollout.vllm_backend import VLLMStartError, _caller_rng_kept
 from .teacher_config import TeacherVLLMConfig
 from .teacher_scoring import ScoringRow, TeacherBackend, TeacherError, TeacherProtocolError, check_same_ids
 
@@ -79,7 +80,7 @@ class VLLMTeacher(TeacherBackend):
             self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
             self.score_rows([ScoringRow([0, 0], [0, 1])])  # some refusals come with the first forward
         except Exception as exc:  # noqa: BLE001 - vLLM raises many types; all mean "cannot serve this"
-            raise VLLMStartError(f"vLLM cannot serve the teacher {model_path}: {_first_line(exc)}") from None
+            raise VLLMStartError(f"vLLM cannot serve the teacher {model_path}: {first_line(exc)}") from None
         finally:
             # vLLM's CPU worker swaps torch.set_num_threads for a no-op; the trainer still needs it
             torch.set_num_threads = set_num_threads
@@ -105,7 +106,7 @@ class VLLMTeacher(TeacherBackend):
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r.token_ids)) for r in rows], params,
                                         use_tqdm=False)
         except Exception as exc:  # noqa: BLE001 - vLLM raises many types; each means the step went unscored
-            raise TeacherError(f"the vllm teacher could not score the step: {_first_line(exc)}") from None
+            raise TeacherError(f"the vllm teacher could not score the step: {first_line(exc)}") from None
         return [_row_logprobs(row.token_ids, out, b) for b, (row, out) in enumerate(zip(rows, outputs))]
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from .backend import Generation, GenerationBackend, SamplingParams, check_rows
+from ..errors import first_line
 from .config import VLLMConfig
 
 PROCESS_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -127,7 +128,7 @@ class VLLMGenerationBackend(GenerationBackend):
             with _caller_rng_kept():
                 self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM raises many types; all mean "cannot serve this"
-            raise VLLMStartError(f"vLLM cannot serve the student {model_path}: {_first_line(exc)}") from None
+            raise VLLMStartError(f"vLLM cannot serve the student {model_path}: {first_line(exc)}") from None
         finally:
             torch.set_num_threads = set_num_threads
         core = type(self.llm.llm_engine.engine_core).__name__
@@ -139,7 +140,7 @@ class VLLMGenerationBackend(GenerationBackend):
         try:  # some refusals (an attention kernel without this head size) come with the first forward
             self.generate([[0]], [1], SamplingParams(), seeds=[0])
         except Exception as exc:  # noqa: BLE001
-            raise VLLMStartError(f"vLLM cannot serve the student {model_path}: {_first_line(exc)}") from None
+            raise VLLMStartError(f"vLLM cannot serve the student {model_path}: {first_line(exc)}") from None
 
     def generate(
         self,
@@ -257,7 +258,3 @@ class _caller_rng_kept:
         np.random.set_state(npy)
         torch.random.set_rng_state(pt)
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -33,6 +33,8 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 
+from ..errors import first_line
+
 
 class ModelLoadError(ValueError):
     """A model, config or processor could not be loaded; the message is one line."""
@@ -87,7 +89,7 @@ def load_model(
     try:
         return auto_class.from_pretrained(path, config=config, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming role and path
-        raise ModelLoadError(f"cannot load {role} model {path!r}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load {role} model {path!r}: {first_line(exc)}") from exc
 
 
 def enable_activation_checkpointing(model: Any) -> None:
@@ -122,7 +124,7 @@ def load_processor(path_or_id: str | os.PathLike) -> Any:
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(
             f"cannot load an image processor from {path!r} (no preprocessor_config.json or "
-            f"processor_config.json with an image processor?): {_first_line(exc)}"
+            f"processor_config.json with an image processor?): {first_line(exc)}"
         ) from exc
     if not hasattr(image_processor, "merge_size"):
         raise ModelLoadError(
@@ -132,7 +134,7 @@ def load_processor(path_or_id: str | os.PathLike) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load tokenizer from {path!r}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load tokenizer from {path!r}: {first_line(exc)}") from exc
     return ImageOnlyQwenVLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                     chat_template=getattr(tokenizer, "chat_template", None))
 
@@ -142,13 +144,9 @@ def _load_config(path: str, *, what: str, trust_remote_code: bool) -> Pretrained
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {what} {path!r}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load {what} {path!r}: {first_line(exc)}") from exc
 
 
 def _has_image_processor_and_tokenizer(processor: Any) -> bool:
     return getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None) is not None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
