@@ -1,7 +1,9 @@
-"""Errors the command line reports as one line (standard library only).
+"""Errors the command line reports as one line, and how a library error is quoted in one
+(standard library only).
 
-Every command module (``commands``, ``eval_command``, ``preflight``, ``teacher_setup``,
-``replay.commands``) raises them and ``cli`` catches them, so none of them imports the CLI.
+Every command module (``commands``, ``eval_command``, ``sft_command``, ``train_setup``,
+``preflight``, ``teacher_setup``, ``replay.commands``) raises them and ``cli`` catches them, so
+none of them imports the CLI.
 """
 
 from __future__ import annotations
