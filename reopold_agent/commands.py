@@ -332,8 +332,8 @@ def train_command(config: TrainConfig, *, resume: bool, cache_dir: Path) -> int:
     # The engine wraps the scorer, whose forward is the chunked backbone + head scoring, so its
     # hooks (DDP's gradient synchronisation) fire; the scheduler stays unprepared: it steps once
     # per optimiser step, not once per process.
-    scorer = SequenceScorer(adapted_model(student), packed=config.model.packed_sequences,
-                            shared_prefix=config.model.shared_prefix and vision is None)
+    packed, shared_prefix = config.model.scoring_layout(sharded=is_fsdp(accelerator))
+    scorer = SequenceScorer(adapted_model(student), packed=packed, shared_prefix=shared_prefix and vision is None)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     engine = rollout_engine(adapted_model(student) if sampler_copy is None else sampler_copy, tokenizer, config, vision,
                             sampler=config.rollout.backend, path=student_path, processes=accelerator.num_processes,

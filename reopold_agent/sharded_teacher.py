@@ -10,8 +10,9 @@ embeddings the embedding matrix is that weight, so it stays whole too).
 Every forward of the sharded teacher is a collective: all processes must score the same number
 of batches, one after another. The trainer's processes hold the same number of trajectories
 each step, and the ``hf`` teacher cuts them into ``model.teacher_batch_rows`` batches, so they
-do; scoring modes whose number of forwards depends on the data (shared-prefix groups) and
-playing episodes with the teacher are refused with this placement.
+do. Scoring modes whose number of forwards depends on the data (packing, shared prefixes) are
+switched off (:meth:`~reopold_agent.train_config.ModelConfig.scoring_layout`), and playing
+episodes with the teacher is refused with this placement.
 """
 
 from __future__ import annotations

@@ -61,10 +61,10 @@ def build_teacher(config: TrainConfig, teacher_path: str | None, tokenizer: Any,
     sharded = config.teacher.placement == "sharded"
     if sharded:
         teacher_model = _sharded(teacher_model, device)
+    packed, shared_prefix = config.model.scoring_layout(sharded=sharded)
     return TeacherScorer(teacher_model, pad_token_id=tokenizer.pad_token_id,
                          batch_rows=config.model.teacher_batch_rows, chunk_rows=config.model.vocab_chunk_rows,
-                         vision=vision, packed=config.model.packed_sequences,
-                         shared_prefix=config.model.shared_prefix and not sharded)
+                         vision=vision, packed=packed, shared_prefix=shared_prefix)
 
 
 def _sharded(teacher_model: Any, device: Any) -> Any:

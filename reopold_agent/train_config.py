@@ -45,12 +45,13 @@ class ModelConfig:
     """Teacher scoring and the update run the rows' real tokens packed into fewer rows
     (positions restart per sequence, attention stays within it) wherever that saves compute:
     the same log-probs and gradients up to float rounding, without the padding. Rows with
-    images always run padded."""
+    images, and models sharded over the processes (:meth:`scoring_layout`), run padded."""
     shared_prefix: bool = True
     """Rollouts of one prompt get their shared prompt encoded once (its keys and values reused
     by each rollout): in the HF decode loop's prefill, by the ``hf`` teacher, and in the update
     wherever rollouts of a prompt share a micro-batch (all of them with ``train.mini_batches:
-    1``). The same tokens, log-probs and gradients up to float rounding. Text models only."""
+    1``). The same tokens, log-probs and gradients up to float rounding. Text models only, and
+    not for a model sharded over the processes (:meth:`scoring_layout`)."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
     ``peft``) instead of all its weights; null: full fine-tuning."""
@@ -59,6 +60,17 @@ class ModelConfig:
         check_ranges(self)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FieldError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def scoring_layout(self, *, sharded: bool) -> tuple[bool, bool]:
+        """(packed, shared prefix) for scoring with a model, from ``packed_sequences`` and
+        ``shared_prefix``. A model sharded over the processes (FSDP student, sharded teacher)
+        scores padded, one forward per batch: each of its forwards is a collective, so every
+        process must run the same number, and packing (a forward per width group) and shared
+        prefixes (more forwards when a batch holds both shared and lone rows) make that number
+        depend on the data."""
+        if sharded:
+            return False, False
+        return self.packed_sequences, self.shared_prefix
 
 
 @dataclass

@@ -32,3 +32,14 @@ def test_uneven_shapes_are_refused_with_one_line(prompts, groups, minis, process
 def test_a_single_process_shape_is_checked_when_the_config_is_built():
     with pytest.raises(ConfigError, match="train.mini_batches=4 does not divide the 6 rollouts"):
         _config(3, 2, 4)
+
+
+@pytest.mark.parametrize("packed, shared", [(True, True), (True, False), (False, True)])
+def test_a_sharded_model_scores_padded_with_one_forward_per_batch(packed, shared):
+    """Packing and shared prefixes make the number of forwards depend on the data, and each
+    forward of a sharded model is a collective every process must join."""
+    from reopold_agent.train_config import ModelConfig
+
+    model = ModelConfig(packed_sequences=packed, shared_prefix=shared)
+    assert model.scoring_layout(sharded=False) == (packed, shared)
+    assert model.scoring_layout(sharded=True) == (False, False)
