@@ -1,4 +1,4 @@
-"""The README / docs/environments.md example (example_env.py) works as documented."""
+"""The docs/environments.md example (example_env.py) works as documented."""
 
 from pathlib import Path
 
@@ -26,6 +26,5 @@ def test_example_env_passes_the_checker_and_plays_a_gold_episode():
 def test_docs_show_the_same_example_code():
     code = (Path(__file__).parent / "example_env.py").read_text()
     body = code.split('"""', 2)[2].strip()  # without the module docstring
-    for doc in ("docs/environments.md", "README.md"):
-        assert body in (Path(__file__).parents[2] / doc).read_text(), doc
+    assert body in (Path(__file__).parents[2] / "docs/environments.md").read_text()
     assert len(body.splitlines()) < 40
