@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .model_parts import backbone_and_head
 from .sequence_packing import PackedRows, pack_rows, width_groups
-from .shared_prefix import groups_logprobs, prefix_groups
+from .shared_prefix import groups_logprobs, scoring_groups
 from .token_stats import hidden_logprobs_and_entropy
 
 PACKED_SLOTS_AT_MOST = 0.9
@@ -132,14 +132,12 @@ def shared_prefix_logprobs(model: Any, input_ids_BT: Tensor, attention_mask_BT: 
     firsts = first_scored_B.tolist()
     ids = [input_ids_BT[b, :n].tolist() for b, n in enumerate(lengths)]
     usable = [b for b in range(B) if 1 <= firsts[b] < lengths[b]]
-    groups, singles = prefix_groups([ids[b] for b in usable], [firsts[b] for b in usable])
+    groups, prefix_lens = scoring_groups([ids[b] for b in usable], [firsts[b] for b in usable])
     logp_rows: list[Tensor | None] = [None] * B
     ent_rows: list[Tensor | None] = [None] * B
     if groups:
-        # a row alone with its prefix runs in the same two forwards, as a group of one
-        members = [[usable[j] for j in group.rows] for group in groups] + [[usable[j]] for j in singles]
-        scored = groups_logprobs(model, [[ids[b] for b in rows] for rows in members],
-                                 [g.prefix_len for g in groups] + [firsts[usable[j]] for j in singles],
+        members = [[usable[j] for j in rows] for rows in groups]
+        scored = groups_logprobs(model, [[ids[b] for b in rows] for rows in members], prefix_lens,
                                  pad_token_id=0, with_entropy=with_entropy, chunk_rows=chunk_rows)
         for b, (logp_T, ent_T) in zip([b for rows in members for b in rows], scored):
             logp_rows[b], ent_rows[b] = logp_T, ent_T

@@ -59,6 +59,17 @@ def prefix_groups(token_ids: list[list[int]], first_scored: list[int], *, min_ro
     return groups, singles
 
 
+def scoring_groups(token_ids: list[list[int]], first_scored: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Rows grouped for :func:`groups_logprobs`: (each group's row indices, its prefix length)
+    when at least two rows share a prefix, with the rows that share it with none as groups of
+    one (they run in the same two forwards); ``([], [])`` when no prefix is shared."""
+    groups, singles = prefix_groups(token_ids, first_scored)
+    if not groups:
+        return [], []
+    return ([g.rows for g in groups] + [[j] for j in singles],
+            [g.prefix_len for g in groups] + [first_scored[j] for j in singles])
+
+
 def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, pad_token_id: int,
                    with_entropy: bool = False, chunk_rows: int = 1024) -> list[tuple[Tensor, Tensor | None]]:
     """Per row ([T] log-probs, [T] entropies or None) of G rows that share ``prefix_len`` tokens:

@@ -24,7 +24,7 @@ import torch
 
 from .batching import pad_right
 from .sequence_scoring import sequence_logprobs
-from .shared_prefix import groups_logprobs, prefix_groups
+from .shared_prefix import groups_logprobs, scoring_groups
 from .teacher_scoring import ScoringRow, TeacherBackend, TeacherIdMismatch
 
 
@@ -129,11 +129,10 @@ class TeacherScorer(TeacherBackend):
         ``batch_rows`` rows per pair of forwards; return the rows left to score whole."""
         scorable = [i for i, row in enumerate(rows) if any(row.loss_mask[1:])]
         firsts = [1 + row.loss_mask[1:].index(1) for row in (rows[i] for i in scorable)]
-        groups, singles = prefix_groups([rows[i].token_ids for i in scorable], firsts)
+        groups, prefix_lens = scoring_groups([rows[i].token_ids for i in scorable], firsts)
         if not groups:
             return list(range(len(rows)))
-        members = [[scorable[j] for j in g.rows] for g in groups] + [[scorable[j]] for j in singles]
-        prefix_lens = [g.prefix_len for g in groups] + [firsts[j] for j in singles]
+        members = [[scorable[j] for j in group] for group in groups]
         start = 0
         while start < len(members):
             end, held = start, 0

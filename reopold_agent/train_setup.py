@@ -46,7 +46,7 @@ def with_lora(student: Any, config: TrainConfig, *, log: Callable[[str], None] =
     """
     if config.model.lora is None:
         return student
-    from .lora import LoraUnavailable, attach_lora, trainable_parameters
+    from .lora import LoraUnavailable, attach_lora
 
     try:
         wrapped = attach_lora(student, config.model.lora, seed=config.train.seed)
