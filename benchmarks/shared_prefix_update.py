@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=157)
     p.add_argument("--mini-batches", type=int, default=1)
     p.add_argument("--micro-batch-rows", type=int, default=16)
+    p.add_argument("--split", choices=("rows", "prompts"), default="rows", help="train.mini_batch_split")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -69,7 +70,8 @@ def main() -> None:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
             start = time.perf_counter()
             policy_update(scorer, opt, sched, batch, step=0, settings=ObjectiveConfig(name="reopold"),
-                          optim=TrainLoopConfig(mini_batches=args.mini_batches, micro_batch_rows=args.micro_batch_rows),
+                          optim=TrainLoopConfig(mini_batches=args.mini_batches, micro_batch_rows=args.micro_batch_rows,
+                                                mini_batch_split=args.split),
                           total_steps=10, backward=lambda loss: loss.backward(),
                           clip_grad=lambda m: torch.nn.utils.clip_grad_norm_(student.parameters(), m),
                           generator=torch.Generator().manual_seed(r))

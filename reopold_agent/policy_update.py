@@ -20,7 +20,7 @@ from .activation_checkpointing import checkpointing_in_effect
 from .batching import TrainBatch
 from .objectives import LossScope, ObjectiveInputs, get_objective, loss_scope
 from .sequence_scoring import as_scorer
-from .shared_prefix import first_scored_positions, prefix_order
+from .shared_prefix import first_scored_positions, prefix_order, rows_by_prefix
 from .step_stats import StepStats
 from .train_config import ObjectiveConfig, TrainLoopConfig
 
@@ -82,7 +82,9 @@ def policy_update(
     config = objective_config(settings, total_steps)
     scorer = as_scorer(model)
     device = next(scorer.parameters()).device
-    mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator)
+    groups = (rows_by_prefix(batch.input_ids_BT, first_scored_positions(batch.valid_BT))
+              if optim.mini_batch_split == "prompts" else None)
+    mini_batches = split_exactly(batch.num_rows, optim.mini_batches, generator=generator, groups=groups)
     totals = StepStats()
     step_scope = _loss_scope(batch, settings, config, step, gather) if settings.selection_scope == "step" else None
     shares_prefix = getattr(getattr(scorer, "module", scorer), "shared_prefix", False)
@@ -110,9 +112,15 @@ def policy_update(
     return {**totals.result(gather, optimizer_steps=optim.mini_batches), "train/lr": float(scheduler.get_last_lr()[0])}
 
 
-def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | None = None) -> list[Tensor]:
-    """``parts`` disjoint row-index tensors of ``num_rows // parts`` rows each, covering all rows:
-    a seeded permutation when ``parts > 1`` (``generator``), the rows in order otherwise.
+def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | None = None,
+                  groups: list[list[int]] | None = None) -> list[Tensor]:
+    """``parts`` disjoint row-index tensors of ``num_rows // parts`` rows each, covering all rows.
+
+    Without ``groups``: a seeded permutation of the rows when ``parts > 1`` (``generator``), the
+    rows in order otherwise. With ``groups`` (row lists, e.g. a prompt's rollouts): the groups in
+    a seeded order, their rows listed group by group and cut into equal parts, so that a group
+    stays in one part whenever the group sizes allow (always with equal groups whose count
+    ``parts`` divides).
 
     Raises:
         ValueError: ``parts`` does not divide ``num_rows`` (a ``Tensor.chunk`` would return
@@ -121,7 +129,13 @@ def split_exactly(num_rows: int, parts: int, *, generator: torch.Generator | Non
     if num_rows % parts:
         raise ValueError(f"{num_rows} rows cannot be split into {parts} equal mini-batches; make "
                          "train.mini_batches divide the rows each process trains on")
-    order = torch.randperm(num_rows, generator=generator) if parts > 1 else torch.arange(num_rows)
+    if parts == 1:
+        order = torch.arange(num_rows)
+    elif groups is None:
+        order = torch.randperm(num_rows, generator=generator)
+    else:
+        order = torch.tensor([b for g in torch.randperm(len(groups), generator=generator).tolist()
+                              for b in groups[g]], dtype=torch.long)
     return list(order.split(num_rows // parts))
 
 

@@ -160,12 +160,19 @@ def first_scored_positions(valid_BT: Tensor) -> Tensor:
                                                                                                dtype=torch.long))
 
 
+def rows_by_prefix(input_ids_BT: Tensor, first_scored_B: Tensor) -> list[list[int]]:
+    """The rows of a batch grouped by their prefix (the tokens before their first scored one),
+    groups in order of first appearance, rows in order within each; a row with no prefix is a
+    group of its own."""
+    firsts = first_scored_B.tolist()
+    groups: dict[tuple, list[int]] = {}
+    for b, first in enumerate(firsts):
+        key = tuple(input_ids_BT[b, :first].tolist()) if first >= 1 else (b,)
+        groups.setdefault(key, []).append(b)
+    return list(groups.values())
+
+
 def prefix_order(input_ids_BT: Tensor, first_scored_B: Tensor) -> Tensor:
     """[B] row order that puts rows with the same prefix next to each other (stable), so that
     consecutive micro-batches hold whole groups where they can."""
-    firsts = first_scored_B.tolist()
-    keys = [tuple(input_ids_BT[b, :firsts[b]].tolist()) if firsts[b] >= 1 else (b,) for b in range(len(firsts))]
-    first_seen: dict[tuple, int] = {}
-    for b, key in enumerate(keys):
-        first_seen.setdefault(key, b)
-    return torch.tensor(sorted(range(len(keys)), key=lambda b: (first_seen[keys[b]], b)), dtype=torch.long)
+    return torch.tensor([b for rows in rows_by_prefix(input_ids_BT, first_scored_B) for b in rows], dtype=torch.long)

@@ -50,7 +50,7 @@ class ModelConfig:
     """Rollouts of one prompt get their shared prompt encoded once (its keys and values reused
     by each rollout): in the HF decode loop's prefill, by the ``hf`` teacher, and in the update
     wherever rollouts of a prompt share a micro-batch (all of them with ``train.mini_batches:
-    1``). The same tokens, log-probs and gradients up to float rounding. Text models only, and
+    1`` or ``train.mini_batch_split: prompts``). The same tokens, log-probs and gradients up to float rounding. Text models only, and
     not for a model sharded over the processes (:meth:`scoring_layout`)."""
     lora: LoraSettings | None = None
     """Train a LoRA adapter on the student (``{r, alpha, dropout, target_modules}``, through
@@ -146,6 +146,12 @@ class TrainLoopConfig:
     """P: prompts per step; each is rolled out ``rollout.group_size`` times."""
     mini_batches: int = ranged(1, ge=1)
     """Optimiser steps per training step (the rollout batch is split into this many)."""
+    mini_batch_split: Literal["rows", "prompts"] = "rows"
+    """How the rollout batch is split into mini-batches. ``rows``: rollouts drawn at random (the
+    paper), so a mini-batch mixes many prompts and holds few rollouts of each. ``prompts``: whole
+    prompt groups drawn at random, so a prompt's rollouts share one mini-batch and its prompt is
+    encoded once in the update (``model.shared_prefix``); each optimiser step then sees
+    ``mini_batches`` times fewer prompts, with all their rollouts."""
     micro_batch_rows: int = ranged(32, ge=1)
     """Trajectories per forward/backward (gradient accumulation inside a mini-batch)."""
     lr: float = ranged(1e-5, gt=0)
@@ -241,6 +247,10 @@ def check_batch_shape(config: TrainConfig, processes: int) -> None:
         raise ValueError(f"train.prompts_per_step={prompts} is not divisible by the {processes} training "
                          "processes; every process plays an equal share of the prompts")
     rows = prompts // processes * groups
+    if config.train.mini_batch_split == "prompts" and (prompts // processes) % minis:
+        raise ValueError(f"train.mini_batches={minis} does not divide the {prompts // processes} prompts each of the "
+                         f"{processes} process(es) plays per step, as train.mini_batch_split=prompts needs (whole "
+                         "prompt groups per mini-batch)")
     if rows % minis:
         raise ValueError(f"train.mini_batches={minis} does not divide the {rows} rollouts each of the {processes} "
                          f"process(es) trains on per step (train.prompts_per_step / processes x rollout.group_size)")

@@ -104,6 +104,44 @@ def test_mini_batches_split_exactly_or_refuse():
         split_exactly(6, 4)
 
 
+def test_mini_batches_split_by_prompt_keep_each_group_whole():
+    """Six groups of 3 rows into 3 mini-batches: each holds two whole groups, in a seeded
+    order, and every row once. Unequal groups still give equal parts (a group may then span two)."""
+    from reopold_agent.policy_update import split_exactly
+
+    groups = [[g * 3 + r for r in range(3)] for g in range(6)]
+    parts = split_exactly(18, 3, generator=torch.Generator().manual_seed(0), groups=groups)
+    assert [len(p) for p in parts] == [6, 6, 6]
+    assert sorted(torch.cat(parts).tolist()) == list(range(18))
+    for part in parts:
+        assert {b // 3 for b in part.tolist()} and all(
+            set(groups[g]) <= set(part.tolist()) for g in {b // 3 for b in part.tolist()})
+    again = split_exactly(18, 3, generator=torch.Generator().manual_seed(0), groups=groups)
+    other = split_exactly(18, 3, generator=torch.Generator().manual_seed(1), groups=groups)
+    assert all(torch.equal(a, b) for a, b in zip(parts, again))
+    assert not all(torch.equal(a, b) for a, b in zip(parts, other))
+    uneven = split_exactly(6, 2, generator=torch.Generator().manual_seed(0), groups=[[0, 1, 2, 3], [4], [5]])
+    assert [len(p) for p in uneven] == [3, 3] and sorted(torch.cat(uneven).tolist()) == list(range(6))
+
+
+def test_prompt_split_needs_mini_batches_that_divide_each_process_prompts():
+    """12 prompts x 2 rollouts over 2 processes: 12 rows each, which 4 mini-batches divide, but
+    not the 6 prompts each process plays, as whole-group mini-batches need."""
+    from reopold_agent.config_loading import ConfigError, from_dict
+    from reopold_agent.train_config import TrainConfig, check_batch_shape
+
+    data = {"train": {"prompts_per_step": 12, "mini_batches": 4}, "rollout": {"group_size": 2}}
+    check_batch_shape(from_dict(TrainConfig, data), processes=2)
+    data["train"]["mini_batch_split"] = "prompts"
+    config = from_dict(TrainConfig, data)
+    with pytest.raises(ValueError, match="train.mini_batches=4 does not divide the 6 prompts each of the 2"):
+        check_batch_shape(config, processes=2)
+    data["train"]["mini_batches"] = 3
+    check_batch_shape(from_dict(TrainConfig, data), processes=2)
+    with pytest.raises(ConfigError, match="mini_batch_split"):
+        from_dict(TrainConfig, {"train": {"mini_batch_split": "groups"}})
+
+
 def _optimiser_steps(rows, mini_batches):
     model, teacher = tiny.model("nano", seed=1), tiny.model("nano", seed=2)
     batch = collate(_trajectories(model, teacher, n=rows), pad_token_id=0)

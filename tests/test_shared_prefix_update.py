@@ -35,7 +35,7 @@ def _groups(model, teacher, prompts=3, group_size=3, seed=0):
     return out
 
 
-def _update(name, step, *, shared, micro_rows, mini_batches):
+def _update(name, step, *, shared, micro_rows, mini_batches, split="rows"):
     model, teacher = tiny.model("nano", seed=1), tiny.model("nano", seed=2)
     trajs = _groups(tiny.model("nano", seed=3), teacher)
     batch = collate(trajs, pad_token_id=0)
@@ -51,7 +51,8 @@ def _update(name, step, *, shared, micro_rows, mini_batches):
     settings = ObjectiveConfig(name=name, switch_fraction=None)
     settings.reopold = type(settings.reopold)(switch_step=2)
     stats = policy_update(scorer, opt, sched, batch, step=step, settings=settings,
-                          optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=mini_batches), total_steps=10,
+                          optim=TrainLoopConfig(micro_batch_rows=micro_rows, mini_batches=mini_batches,
+                                                mini_batch_split=split), total_steps=10,
                           backward=lambda loss: loss.backward(), clip_grad=lambda m: torch.tensor(0.0),
                           generator=torch.Generator().manual_seed(0))
     return captured, stats
@@ -84,6 +85,27 @@ def test_each_micro_batch_encodes_each_prompt_once(monkeypatch):
                             ([len(rows) for rows in groups], prefix_lens)) or real(model, groups, prefix_lens, **kw))
     _update("reopold", 0, shared=True, micro_rows=3, mini_batches=1)
     assert sorted(calls) == [([3], [7]), ([3], [10]), ([3], [13])]
+
+
+@pytest.mark.parametrize("name", ["reopold", "grpo"])
+def test_prompt_split_mini_batches_encode_each_prompt_once_with_the_unshared_gradient(name, monkeypatch):
+    """3 prompts x 3 rollouts in 3 mini-batches split by prompt: each optimiser step trains on one
+    whole group, scored in one forward pair with its prompt encoded once, and its gradient is the
+    unshared computation's on the same split."""
+    import reopold_agent.sequence_scoring as sequence_scoring
+
+    calls = []
+    real = sequence_scoring.groups_logprobs
+    monkeypatch.setattr(sequence_scoring, "groups_logprobs",
+                        lambda model, groups, prefix_lens, **kw: calls.append(
+                            ([len(rows) for rows in groups], prefix_lens)) or real(model, groups, prefix_lens, **kw))
+    shared, _ = _update(name, 0, shared=True, micro_rows=9, mini_batches=3, split="prompts")
+    assert sorted(calls) == [([3], [7]), ([3], [10]), ([3], [13])]
+    plain, _ = _update(name, 0, shared=False, micro_rows=9, mini_batches=3, split="prompts")
+    assert len(shared) == len(plain) == 3
+    for a, b in zip(shared, plain):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=2e-6, rtol=1e-4)
 
 
 def test_recomputed_behaviour_is_the_same_with_shared_prefixes():
