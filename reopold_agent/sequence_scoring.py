@@ -26,6 +26,7 @@ from .model_parts import backbone_and_head
 from .sequence_packing import PackedRows, pack_rows, width_groups
 from .shared_prefix import groups_logprobs, scoring_groups
 from .token_stats import hidden_logprobs_and_entropy
+from .vision.distinct_images import encode_images_once
 
 PACKED_SLOTS_AT_MOST = 0.9
 """``packed`` scoring packs only when the packed rows hold at most this share of the padded
@@ -69,6 +70,7 @@ def sequence_logprobs(
         if slots <= PACKED_SLOTS_AT_MOST * input_ids_BT.numel():
             return _packed_logprobs(backbone, head, input_ids_BT, layout, groups, with_entropy=with_entropy,
                                     chunk_rows=chunk_rows)
+    extra_inputs = encode_images_once(backbone, extra_inputs)  # a group's shared images encoded once
     hidden_BTH = backbone(
         input_ids=input_ids_BT, attention_mask=attention_mask_BT, use_cache=False, **(extra_inputs or {})
     ).last_hidden_state

@@ -26,8 +26,9 @@ rows and last logits are copied to the rows that share it (text students with th
 
 Vision-language students (given a :class:`~reopold_agent.vision.VisionProcessor`): rows carry
 their pixel inputs as ``extra_inputs[b]["vision"]``; the prefill gets the batch's pixel values,
-patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), and each
-decode step continues every row at its own next position on all three axes.
+patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), each
+distinct image encoded once (:mod:`reopold_agent.vision.distinct_images`), and each decode step
+continues every row at its own next position on all three axes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, StaticCache
 
+from ..vision.distinct_images import encode_images_once
 from ..vision.positions import next_positions
 from ..vision.processing import VisionProcessor
 from .backend import Generation, GenerationBackend, SamplingParams, check_rows
@@ -200,7 +202,7 @@ class HFGenerationBackend(GenerationBackend):
         owner_of: dict[tuple[int, ...], int] = {}
         owners_B = [owner_of.setdefault(tuple(prompt), b) for b, prompt in enumerate(prompts)]
         if not self.share_prompts or self.static_cache or extra or len(owner_of) == len(prompts):
-            return self._forward_last(ids, attn, pos, cache, extra)
+            return self._forward_last(ids, attn, pos, cache, encode_images_once(self.model, extra) or {})
         unique_U = torch.tensor(sorted(owner_of.values()), device=ids.device)
         slot = {b: u for u, b in enumerate(unique_U.tolist())}
         copy_B = torch.tensor([slot[b] for b in owners_B], device=ids.device)
