@@ -109,3 +109,14 @@ def test_gpu_checks_turn_cudnn_attention_off_unless_asked(capsys):
         assert torch.backends.cuda.cudnn_sdp_enabled() and "cuDNN attention: True" in capsys.readouterr().out
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is not None, reason="TRL is installed here")
+def test_trl_side_by_side_says_where_trl_is_needed(monkeypatch):
+    """TRL is not a dependency: without it the comparison stops in one line saying how to install
+    it, before building or timing anything."""
+    module = _load("trl_side_by_side")
+    monkeypatch.setattr("sys.argv", ["trl_side_by_side.py", "--steps", "2", "--runs", "1"])
+    monkeypatch.setattr(module, "embedded_paths", lambda: pytest.fail("built models without TRL"))
+    with pytest.raises(SystemExit, match=r"TRL is not installed .*pip install -e \. trl"):
+        module.main()
