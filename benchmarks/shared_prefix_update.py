@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--prompt-tokens", type=int, default=157)
+    p.add_argument("--min-own", type=int, default=30, help="fewest own tokens of a rollout")
+    p.add_argument("--max-own", type=int, default=120, help="most own tokens of a rollout")
     p.add_argument("--mini-batches", type=int, default=1)
     p.add_argument("--micro-batch-rows", type=int, default=16)
     p.add_argument("--split", choices=("rows", "prompts"), default="rows", help="train.mini_batch_split")
@@ -60,7 +62,7 @@ def main() -> None:
     tokenizer = task_tokenizer(gold_conversations("tool_math", count=16))
     student = build_causal_lm(tokenizer, args.spec, seed=0)
     teacher = build_causal_lm(tokenizer, args.spec, seed=1).eval()
-    groups = rollout_rows(args.prompts, args.group_size, args.prompt_tokens, (30, 120), len(tokenizer), seed=0)
+    groups = rollout_rows(args.prompts, args.group_size, args.prompt_tokens, (args.min_own, args.max_own), len(tokenizer), seed=0)
     batch = collate(trajectories(groups, args.prompt_tokens, student, teacher), pad_token_id=0)
     times: dict[str, list[float]] = {"unshared": [], "shared prefix": []}
     for r in range(args.repeats):

@@ -4,8 +4,9 @@ The G rollouts of one prompt start with the same tokens (system prompt, tool sch
 often most of each sequence. Scoring them one by one runs the model over that prefix G times.
 Here each group of rows with the same prefix runs it once: the backbone encodes the groups'
 prefixes, left-padded in one batch, with their key/value cache; each row gets a copy of its
-group's cache rows, and all rows' continuations are encoded against them, right-padded in one
-batch (two forwards for any number of groups). Log-probs of the prefix tokens are projected
+group's cache rows, and all rows' continuations are encoded against them, right-padded in
+buckets of similar length (one forward for all prefixes and one per bucket, for any number of
+groups). Log-probs of the prefix tokens are projected
 once and shared. The result equals
 :func:`~reopold_agent.sequence_scoring.sequence_logprobs` on each whole row (causal attention:
 a prefix token never sees what follows it), up to float rounding.
@@ -26,7 +27,13 @@ from torch import Tensor
 
 from .batching import pad_right
 from .model_parts import backbone_and_head
+from .sequence_packing import width_groups
 from .token_stats import hidden_logprobs_and_entropy
+
+CONTINUATION_MIN_FILL = 0.5
+"""Continuations run in buckets whose rows each fill at least this share of the bucket's width:
+a forward per bucket against the padding it saves (rollouts of a step differ by several times in
+length; with equal lengths there is one bucket)."""
 
 
 @dataclass
@@ -62,7 +69,7 @@ def prefix_groups(token_ids: list[list[int]], first_scored: list[int], *, min_ro
 def scoring_groups(token_ids: list[list[int]], first_scored: list[int]) -> tuple[list[list[int]], list[int]]:
     """Rows grouped for :func:`groups_logprobs`: (each group's row indices, its prefix length)
     when at least two rows share a prefix, with the rows that share it with none as groups of
-    one (they run in the same two forwards); ``([], [])`` when no prefix is shared."""
+    one (they run in the same forwards); ``([], [])`` when no prefix is shared."""
     groups, singles = prefix_groups(token_ids, first_scored)
     if not groups:
         return [], []
@@ -81,11 +88,12 @@ def group_logprobs(model: Any, token_ids: list[list[int]], prefix_len: int, *, p
 def groups_logprobs(model: Any, groups: list[list[list[int]]], prefix_lens: list[int], *, pad_token_id: int,
                     with_entropy: bool = False, chunk_rows: int = 1024) -> list[tuple[Tensor, Tensor | None]]:
     """Per row, groups in order, ([T] log-probs, [T] entropies or None) of K groups of rows,
-    the rows of group k sharing their first ``prefix_lens[k]`` tokens; two forwards in all.
+    the rows of group k sharing their first ``prefix_lens[k]`` tokens.
 
-    The K prefixes run as one left-padded batch [K, P_max] with its key/value cache; the cache
-    rows are copied to the G rows of all groups, and the G right-padded continuations [G, L] run
-    as one batch against them, each at the positions after its own prefix. Position t holds
+    The K prefixes run as one left-padded batch [K, P_max] with its key/value cache. The G rows'
+    continuations run in buckets of similar length (:func:`continuation_buckets`), each bucket
+    [N, L] right-padded as one batch against copies of its rows' prefix cache rows, each row at
+    the positions after its own prefix. Position t holds
     ``log p(ids[t] | ids[:t])`` (float32; position 0 holds 0), as
     :func:`~reopold_agent.sequence_scoring.sequence_logprobs` does; the entropy at t is that of
     the distribution that predicted token t. Only real positions are projected onto the
@@ -116,15 +124,23 @@ def groups_logprobs(model: Any, groups: list[list[list[int]]], prefix_lens: list
 
     group_of = [k for k, rows in enumerate(groups) for _ in rows]
     rows_G = [ids for rows in groups for ids in rows]
-    P_G = torch.tensor([prefix_lens[k] for k in group_of], device=device)
-    group_G = torch.tensor(group_of, device=device)
-    cache.batch_select_indices(group_G)  # each row's cache rows, copied from its group's prefix
-    cont_GL, cont_mask_GL = pad_right([ids[prefix_lens[k]:] for ids, k in zip(rows_G, group_of)], pad_token_id)
-    cont_GL, cont_mask_GL = cont_GL.to(device), cont_mask_GL.to(device)
-    L = cont_GL.shape[1]
-    hidden_GLH = backbone(input_ids=cont_GL, attention_mask=torch.cat([prefix_mask_KP[group_G], cont_mask_GL], dim=1),
-                          position_ids=P_G[:, None] + torch.arange(L, device=device), **{cache_name: cache},
-                          use_cache=True).last_hidden_state
+    conts_G = [ids[prefix_lens[k]:] for ids, k in zip(rows_G, group_of)]
+    prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
+    hidden_G: list[Tensor] = [hidden_KPH] * len(rows_G)  # each row's continuation states, filled below
+    for bucket in continuation_buckets([len(c) for c in conts_G]):
+        for layer, (keys, values) in zip(cache.layers, prefix_layers):
+            layer.keys, layer.values = keys, values  # the prefixes' cache, before the last bucket extended it
+        group_N = torch.tensor([group_of[g] for g in bucket], device=device)
+        cache.batch_select_indices(group_N)  # each row's cache rows, copied from its group's prefix
+        cont_NL, cont_mask_NL = pad_right([conts_G[g] for g in bucket], pad_token_id)
+        cont_NL, cont_mask_NL = cont_NL.to(device), cont_mask_NL.to(device)
+        P_N = torch.tensor([prefix_lens[group_of[g]] for g in bucket], device=device)
+        hidden_NLH = backbone(input_ids=cont_NL,
+                              attention_mask=torch.cat([prefix_mask_KP[group_N], cont_mask_NL], dim=1),
+                              position_ids=P_N[:, None] + torch.arange(cont_NL.shape[1], device=device),
+                              **{cache_name: cache}, use_cache=True).last_hidden_state
+        for n, g in enumerate(bucket):
+            hidden_G[g] = hidden_NLH[n, :len(conts_G[g])]
 
     def project(hidden_NH: Tensor, targets_N: Tensor) -> tuple[Tensor, Tensor | None]:
         logp, ent = hidden_logprobs_and_entropy(hidden_NH[None], head.weight, targets_N[None],
@@ -137,11 +153,10 @@ def groups_logprobs(model: Any, groups: list[list[list[int]]], prefix_lens: list
     real_KP[torch.arange(K, device=device), P_max - torch.tensor(prefix_lens, device=device)] = False
     prefix_logp, prefix_ent = project(hidden_KPH[:, :-1][real_KP[:, 1:]], prefix_KP[real_KP])
     # each row's own tokens, predicted by its prefix's last position and its continuation before them
-    predictors_GLH = torch.cat([hidden_KPH[group_G, -1:], hidden_GLH[:, :-1]], dim=1)
-    real_GL = cont_mask_GL.bool()
-    cont_logp, cont_ent = project(predictors_GLH[real_GL], cont_GL[real_GL])
+    predictors_NH = torch.cat([torch.cat([hidden_KPH[k, -1:], hidden_G[g][:-1]]) for g, k in enumerate(group_of)])
+    cont_logp, cont_ent = project(predictors_NH, torch.tensor([t for c in conts_G for t in c], device=device))
     prefix_at = [0] + torch.tensor(prefix_lens).sub(1).cumsum(0).tolist()
-    cont_at = [0] + cont_mask_GL.sum(-1).cumsum(0).tolist()
+    cont_at = [0] + torch.tensor([len(c) for c in conts_G]).cumsum(0).tolist()
     zero = torch.zeros(1, device=device)
     out = []
     for g, k in enumerate(group_of):
@@ -151,6 +166,14 @@ def groups_logprobs(model: Any, groups: list[list[list[int]]], prefix_lens: list
             ent_T = torch.cat([zero, prefix_ent[prefix_at[k]:prefix_at[k + 1]], cont_ent[cont_at[g]:cont_at[g + 1]]])
         out.append((logp_T, ent_T))
     return out
+
+
+def continuation_buckets(lengths: list[int], *, min_fill: float = CONTINUATION_MIN_FILL) -> list[list[int]]:
+    """Row indices in buckets of similar continuation length, longest first: each bucket runs as
+    one right-padded forward, and every row fills at least ``min_fill`` of its bucket's width
+    (:func:`~reopold_agent.sequence_packing.width_groups`)."""
+    order = sorted(range(len(lengths)), key=lambda g: -lengths[g])
+    return [order[rows] for rows, _ in width_groups([lengths[g] for g in order], min_fill=min_fill)]
 
 
 def first_scored_positions(valid_BT: Tensor) -> Tensor:

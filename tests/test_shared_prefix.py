@@ -5,7 +5,7 @@ import torch
 
 from reopold_agent.batching import pad_right
 from reopold_agent.sequence_scoring import sequence_logprobs
-from reopold_agent.shared_prefix import group_logprobs, groups_logprobs, prefix_groups
+from reopold_agent.shared_prefix import continuation_buckets, group_logprobs, groups_logprobs, prefix_groups
 from tests import tiny
 
 
@@ -79,11 +79,15 @@ def _groups(seed: int) -> tuple[list[list[list[int]]], list[int]]:
     return groups, prefix_lens
 
 
-def test_several_groups_in_two_forwards_equal_the_whole_rows_and_their_gradient():
+def test_several_groups_in_one_prefix_forward_equal_the_whole_rows_and_their_gradient():
     """Prefixes of other lengths are left-padded together, each row continuing at its own
-    positions: the log-probs, entropies and the parameters' gradient are those of whole rows."""
+    positions, continuations in buckets of similar length (one forward each, every bucket
+    starting from the prefixes' cache): the log-probs, entropies and the parameters' gradient
+    are those of whole rows."""
     groups, prefix_lens = _groups(7)
     rows = [row for group in groups for row in group]
+    buckets = continuation_buckets([len(r) - P for group, P in zip(groups, prefix_lens) for r in group])
+    assert len(buckets) >= 2, "the case must exercise several continuation buckets"
     weights = [torch.randn(len(r), generator=torch.Generator().manual_seed(len(r))) for r in rows]
 
     def run(shared):
@@ -100,7 +104,7 @@ def test_several_groups_in_two_forwards_equal_the_whole_rows_and_their_gradient(
         return scored, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(calls)
 
     (shared, shared_grads, forwards), (whole, whole_grads, _) = run(True), run(False)
-    assert forwards == 2
+    assert forwards == 1 + len(buckets)
     for (logp, ent), (logp_w, ent_w), row in zip(shared, whole, rows):
         assert logp.shape == ent.shape == (len(row),)
         torch.testing.assert_close(logp[1:], logp_w[1:], atol=2e-5, rtol=1e-5)
@@ -133,3 +137,15 @@ def test_teacher_scores_groups_once_with_the_same_log_probs(packed):
     for a, b, row in zip(plain, shared, rows):
         assert b.shape == (len(row.token_ids),)
         torch.testing.assert_close(b[1:], a[1:], atol=2e-5, rtol=1e-5)
+
+
+def test_continuation_buckets_hold_rows_of_similar_length_longest_first():
+    """Every row in exactly one bucket, each filling at least half its bucket's width; equal
+    lengths make one bucket (one forward, as before buckets)."""
+    lengths = [30, 90, 44, 61, 90, 31, 45, 120]
+    buckets = continuation_buckets(lengths)
+    assert sorted(g for b in buckets for g in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        assert min(lengths[g] for g in bucket) >= 0.5 * max(lengths[g] for g in bucket)
+    assert [lengths[g] for g in buckets[0]] == [120, 90, 90, 61]
+    assert continuation_buckets([50] * 6) == [list(range(6))]
