@@ -11,6 +11,7 @@ add up on the one encoding, as they add up on the encoder's weights when each co
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -50,6 +51,14 @@ def distinct_images(pixel_values_PD: Tensor, grid_N3: Tensor) -> tuple[Tensor, T
     return torch.cat([blocks[i] for i in kept]), grid_N3[kept], order
 
 
+def takes_image_encodings(model: Any) -> bool:
+    """Whether ``model`` can encode images by itself (``get_image_features``) and take the
+    encodings in its forward (an ``mm_encoder_outputs`` argument; transformers versions before
+    it have no such argument)."""
+    return (hasattr(model, "get_image_features")
+            and "mm_encoder_outputs" in inspect.signature(model.forward).parameters)
+
+
 def encode_images_once(backbone: Any, extra_inputs: dict[str, Any] | None) -> dict[str, Any] | None:
     """``extra_inputs`` for ``backbone`` with each distinct image encoded once.
 
@@ -65,7 +74,7 @@ def encode_images_once(backbone: Any, extra_inputs: dict[str, Any] | None) -> di
         precomputed encodings); otherwise the same inputs with ``pixel_values`` replaced by
         ``mm_encoder_outputs``: the N images' embeddings, each distinct image encoded once.
     """
-    if not extra_inputs or extra_inputs.get("pixel_values") is None or not hasattr(backbone, "get_image_features"):
+    if not extra_inputs or extra_inputs.get("pixel_values") is None or not takes_image_encodings(backbone):
         return extra_inputs
     pixels, grid = extra_inputs["pixel_values"], extra_inputs["image_grid_thw"]
     unique_pixels, unique_grid, order = distinct_images(pixels, grid)

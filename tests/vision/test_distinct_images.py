@@ -15,7 +15,7 @@ from reopold_agent.rollout.engine import EpisodeRequest, RolloutEngine
 from reopold_agent.rollout.hf_backend import HFGenerationBackend
 from reopold_agent.sequence_scoring import sequence_logprobs
 from reopold_agent.teacher import TeacherScorer
-from reopold_agent.vision.distinct_images import distinct_images
+from reopold_agent.vision.distinct_images import distinct_images, encode_images_once
 from tests import tiny
 from tests.vision.test_vl_pipeline import ZoomFirst
 
@@ -60,6 +60,22 @@ def test_distinct_images_keep_one_copy_of_each_and_say_where_each_went():
     assert torch.equal(unique_grid, grid[[0, 1, 2, 4]])
     same, same_grid, order = distinct_images(torch.cat([a, b]), grid[:2])
     assert order == [0, 1] and same is not None and torch.equal(same_grid, grid[:2])
+
+
+def test_a_model_without_mm_encoder_outputs_gets_its_inputs_unchanged():
+    """transformers versions whose vision-language forward takes no precomputed encodings: every
+    copy goes through the encoder as before, rather than an argument the forward rejects."""
+
+    class OlderVL(torch.nn.Module):
+        def get_image_features(self, pixel_values, image_grid_thw):
+            raise AssertionError("must not encode")
+
+        def forward(self, input_ids=None, pixel_values=None, image_grid_thw=None):
+            raise AssertionError("not called here")
+
+    a = torch.randn(16, 6)
+    inputs = {"pixel_values": torch.cat([a, a]), "image_grid_thw": torch.tensor([[1, 4, 4], [1, 4, 4]])}
+    assert encode_images_once(OlderVL(), inputs) is inputs
 
 
 def test_scoring_encodes_a_groups_images_once_with_the_same_logprobs_and_gradient(student, vision, monkeypatch):
