@@ -55,6 +55,18 @@ def check_rows(prompts: list, max_new_tokens: list, seeds: list) -> None:
                          "need one of each per row")
 
 
+@dataclass
+class RefillRow:
+    """A row that joins a decode batch while it runs (an episode back from its tool)."""
+
+    prompt: list[int]
+    """Token ids of the whole context so far."""
+    max_new_tokens: int
+    """The row's budget (>= 1)."""
+    seed: int
+    """The row's sampling seed (see :meth:`GenerationBackend.generate`)."""
+
+
 class GenerationBackend(abc.ABC):
     """Samples continuations of token-id prompts from the current student."""
 
@@ -64,6 +76,11 @@ class GenerationBackend(abc.ABC):
     """False for a backend that runs its own copy of the model (vLLM): its log-probs come from
     other kernels and it gives no entropy, so the trainer recomputes both with its own model
     before the update and logs how far the sampler's log-probs were from its own."""
+    supports_refill: bool = False
+    """True for a backend whose ``generate`` takes ``refill``: a callable it asks between
+    decode steps for up to ``free`` more rows (:class:`RefillRow`) to decode in the same batch,
+    reported through ``on_row_done`` with indices after the initial rows, in the order they
+    joined."""
 
     @abc.abstractmethod
     def generate(

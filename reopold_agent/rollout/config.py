@@ -93,6 +93,11 @@ class RolloutConfig:
     compile_decode: bool = False
     """``hf`` backend: compile the decode step (``torch.compile``, CUDA graphs on a GPU); needs
     ``static_cache``. Compiling costs a minute or more at the first batch of each shape."""
+    refill_rows: bool = False
+    """``hf`` backend, text students over the growing cache: a row leaves the decode batch as
+    soon as its turn stops, and episodes whose tool results came back join the running batch
+    instead of waiting for its longest row (continuous batching). Same tokens and log-probs
+    as without, up to float rounding."""
     backend: Literal["hf", "vllm"] = "hf"
     """Who samples the student's turns: ``hf``, a decode loop over the trainer's own model, or
     ``vllm``, vLLM's offline engine in the same process (text students only), whose weights

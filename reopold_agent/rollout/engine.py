@@ -9,7 +9,10 @@ to finish, plus up to ``rollout.tool_batch_wait_s`` for steps finishing almost t
 (stopping early once none has finished for ``rollout.tool_batch_gap_s``), appends those tool
 messages (templated token ids, loss mask 0) and generates again for the episodes that are
 ready. A slow or hanging tool therefore delays only its own episode, bounded by that tool's
-own timeout, never the whole batch. Sampled ids are never re-tokenised.
+own timeout, never the whole batch. With ``rollout.refill_rows`` (and a backend that
+``supports_refill``) an episode back from its tool does not wait for the running batch to end:
+the backend asks between decode steps for such episodes and decodes their next turns in the same
+batch. Sampled ids are never re-tokenised.
 
 Which episodes share a generation batch depends on timing, so sampling must not: each episode's
 turn is sampled with its own seed, derived from (run seed, episode index, turn), and the backend
@@ -51,7 +54,7 @@ from reopold_agent.envs.info import ENV_ERROR, IMAGES_DROPPED, OUTCOME, ResetInf
 from ..trajectory import EndReason, ImageRecord, TokenSource, Trajectory
 from ..vision.processing import ImageFeatures, VisionInputs, VisionProcessor, is_image_part, message_images
 from ..vision.storage import image_path
-from .backend import Generation, GenerationBackend, SamplingParams
+from .backend import Generation, GenerationBackend, RefillRow, SamplingParams
 from .config import RolloutConfig
 from .templating import ChatTemplater
 
@@ -202,10 +205,23 @@ class RolloutEngine:
             action = _strip_eos(ep.last_text, self.tokenizer)
             pending[pool.submit(guarded_step, ep.env, action)] = ep
 
+        def back_from_tools(free: int) -> list[_Episode]:
+            """Up to ``free`` episodes whose steps have finished, absorbed (ready for a turn)."""
+            back = []
+            for future in sorted((f for f in pending if f.done()), key=lambda f: pending[f].index):
+                if len(back) >= free:
+                    break
+                ep = pending.pop(future)
+                self._absorb(ep, future.result())
+                if not ep.done:
+                    back.append(ep)
+            return back
+
+        refill = back_from_tools if self.config.refill_rows and self.backend.supports_refill else None
         try:
             while ready or pending:
                 if ready:
-                    self._generate_turn(ready, seed=seed, on_turn_done=submit)
+                    self._generate_turn(ready, seed=seed, on_turn_done=submit, more=refill)
                 ready = []
                 for ep, outcome in self._wait_for_steps(pending):
                     start = time.perf_counter()
@@ -263,11 +279,14 @@ class RolloutEngine:
             return ids, None
         return self.vision.expand_placeholders(ids, images)
 
-    def _generate_turn(self, active: list[_Episode], *, seed: int, on_turn_done: Callable[[_Episode], None]) -> None:
+    def _generate_turn(self, active: list[_Episode], *, seed: int, on_turn_done: Callable[[_Episode], None],
+                       more: Callable[[int], list[_Episode]] | None = None) -> None:
         """Sample the next turn of every episode in ``active`` in one backend call.
 
         ``on_turn_done(ep)`` is called for each episode whose turn ended without ending the
         episode, as soon as its row stopped (the rest of the batch may still be decoding).
+        With ``more`` (``rollout.refill_rows``), the backend asks between decode steps for up
+        to ``free`` episodes back from their tools, whose next turns join the running batch.
         """
         cfg = self.config
         budgets = [min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)) for ep in active]
@@ -287,10 +306,22 @@ class RolloutEngine:
             outside["template_s"] += t1 - t0
             outside["env_s"] += time.perf_counter() - t1
 
+        def refill(free: int) -> list[RefillRow]:
+            t0 = time.perf_counter()
+            joining = more(free)
+            for ep in joining:
+                active.append(ep)
+                budgets.append(min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)))
+                seeds.append(episode_seed(seed, ep.index, ep.turn_index))
+            outside["template_s"] += time.perf_counter() - t0
+            return [RefillRow(list(ep.token_ids), budgets[-len(joining) + n], seeds[-len(joining) + n])
+                    for n, ep in enumerate(joining)]
+
         start = time.perf_counter()
         extra = [{"vision": ep.pixel_inputs()} if ep.images else None for ep in active]
+        refilling = {"refill": refill} if more is not None and not any(extra) else {}
         gens = self.backend.generate([ep.token_ids for ep in active], budgets, self.sampling, seeds=seeds,
-                                     extra_inputs=extra if any(extra) else None, on_row_done=row_done)
+                                     extra_inputs=extra if any(extra) else None, on_row_done=row_done, **refilling)
         self.timings["generate_s"] += time.perf_counter() - start - outside["template_s"] - outside["env_s"]
         for b, gen in enumerate(gens):  # rows the backend did not hand over while decoding
             row_done(b, gen)

@@ -24,6 +24,10 @@ Rows with the same prompt (a group's rollouts of one prompt, at their first turn
 once with ``share_prompts``: the prefill runs over one row per distinct prompt, and its cache
 rows and last logits are copied to the rows that share it (text students with the growing cache).
 
+Given ``refill`` (the engine's ``rollout.refill_rows``), text rows over the growing cache decode
+as a :class:`~.continuous_batch.ContinuousBatch`: a row leaves the batch as soon as it stops, and
+rows the engine hands in while the batch runs (episodes back from their tools) join it.
+
 Vision-language students (given a :class:`~reopold_agent.vision.VisionProcessor`): rows carry
 their pixel inputs as ``extra_inputs[b]["vision"]``; the prefill gets the batch's pixel values,
 patch grids and explicit 3D rotary positions (:mod:`reopold_agent.vision.positions`), each
@@ -44,7 +48,8 @@ from transformers import DynamicCache, StaticCache
 from ..vision.distinct_images import encode_images_once
 from ..vision.positions import next_positions
 from ..vision.processing import VisionProcessor
-from .backend import Generation, GenerationBackend, SamplingParams, check_rows
+from .backend import Generation, GenerationBackend, RefillRow, SamplingParams, check_rows
+from .continuous_batch import ContinuousBatch, mergeable
 from .sampling import row_keys, sample
 
 
@@ -70,6 +75,10 @@ class HFGenerationBackend(GenerationBackend):
             needs ``static_cache``). The prefill runs uncompiled.
         share_prompts: prefill each distinct prompt of a batch once (see the module docstring).
     """
+
+    supports_refill = True
+    """Text rows over the growing cache: rows leave the batch as they stop and rows from
+    ``refill`` join it (:mod:`.continuous_batch`); otherwise ``refill`` is not called."""
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_rows: int = 256,
                  vision: VisionProcessor | None = None, cpu_threads: int | None = None,
@@ -100,12 +109,15 @@ class HFGenerationBackend(GenerationBackend):
         seeds: list[int],
         extra_inputs: list[dict[str, Any] | None] | None = None,
         on_row_done: Callable[[int, Generation], None] | None = None,
+        refill: Callable[[int], list[RefillRow]] | None = None,
     ) -> list[Generation]:
         check_rows(prompts, max_new_tokens, seeds)
         rows = [(x or {}).get("vision") for x in extra_inputs] if extra_inputs is not None else [None] * len(prompts)
         if any(r is not None for r in rows) and self.vision is None:
             raise ValueError("prompts carry images but this backend was built without a VisionProcessor "
                              "(a text-only student cannot read images)")
+        if refill is not None and self._continuous(rows):
+            return self._generate_continuous(prompts, max_new_tokens, params, seeds, on_row_done, refill)
         out: list[Generation] = []
         for start in range(0, len(prompts), self.max_batch_rows):
             end = start + self.max_batch_rows
@@ -125,6 +137,44 @@ class HFGenerationBackend(GenerationBackend):
         decode_threads = self.cpu_threads if device.type == "cpu" else None
         try:
             return self._decode(prompts, budgets, params, seeds, rows, device, on_row_done, decode_threads)
+        finally:
+            self.model.train(was_training)
+            torch.set_num_threads(threads)
+
+    def _continuous(self, rows: list) -> bool:
+        """Whether rows can join a running batch: text rows over the growing cache, whose
+        layers :func:`~.continuous_batch.mergeable` can cut and join."""
+        if self.vision is not None or self.static_cache or any(r is not None for r in rows):
+            return False
+        return mergeable(_new_cache(self.model))
+
+    @torch.no_grad()
+    def _generate_continuous(self, prompts, budgets, params, seeds, on_row_done, refill) -> list[Generation]:
+        """Decode with rows leaving as they stop and rows from ``refill`` joining
+        (:class:`~.continuous_batch.ContinuousBatch`); prefills keep the process's threads,
+        decode steps take ``cpu_threads``."""
+        device = next(self.model.parameters()).device
+        was_training, threads = self.model.training, torch.get_num_threads()
+        decode_threads = self.cpu_threads if device.type == "cpu" else None
+        self.model.eval()
+
+        def prefill(prompts_N, ids, attn, pos, cache):
+            torch.set_num_threads(threads)
+            try:
+                return self._prefill(prompts_N, ids, attn, pos, cache, {})
+            finally:
+                if decode_threads is not None:
+                    torch.set_num_threads(decode_threads)
+
+        def step(ids, attn, pos, cache):
+            return self._forward_last(ids, attn, pos, cache, {})
+
+        batch = ContinuousBatch(prefill=prefill, step=step, new_cache=lambda: _new_cache(self.model), params=params,
+                                pad_token_id=self.pad_token_id, device=device,
+                                on_row_done=on_row_done or (lambda b, gen: None), refill=refill,
+                                max_rows=self.max_batch_rows)
+        try:
+            return batch.run(prompts, budgets, seeds)
         finally:
             self.model.train(was_training)
             torch.set_num_threads(threads)

@@ -72,12 +72,13 @@ def row_keys(seeds: list[int], device: torch.device | str = "cpu") -> torch.Tens
     return mix32(mix32(lo ^ _GOLDEN) ^ hi)
 
 
-def uniform_noise(keys_B: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+def uniform_noise(keys_B: torch.Tensor, step: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Counter-based uniforms for every (row, vocabulary entry) at one decode step.
 
     Args:
         keys_B: row keys from :func:`row_keys`.
-        step: decode step (>= 0) within the row's turn.
+        step: decode step (>= 0) within the row's turn: one for all rows, or [B] int64, each
+            row's own (rows that joined a running batch later are at earlier steps).
         vocab_size: V.
 
     Returns:
@@ -90,7 +91,7 @@ def uniform_noise(keys_B: torch.Tensor, step: int, vocab_size: int) -> torch.Ten
     return h_BV.to(torch.float32).mul_(2.0 ** -24).add_(2.0 ** -25)
 
 
-def gumbel_noise(keys_B: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+def gumbel_noise(keys_B: torch.Tensor, step: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Standard Gumbel noise ``-log(-log(u))`` from :func:`uniform_noise`. [B, V] float32."""
     return uniform_noise(keys_B, step, vocab_size).log_().neg_().log_().neg_()
 
@@ -110,14 +111,16 @@ def warp(logits_BV: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits_BV
 
 
-def sample(logits_BV: torch.Tensor, params: SamplingParams, keys_B: torch.Tensor, step: int) -> torch.Tensor:
+def sample(logits_BV: torch.Tensor, params: SamplingParams, keys_B: torch.Tensor,
+           step: int | torch.Tensor) -> torch.Tensor:
     """One id per row from the warped distribution (greedy argmax when temperature is 0).
 
     Args:
         logits_BV: raw next-token logits (float32).
         params: temperature, top-k, top-p.
         keys_B: row keys from :func:`row_keys`.
-        step: decode step, so consecutive tokens of a row get fresh noise.
+        step: decode step, so consecutive tokens of a row get fresh noise (an int, or [B] int64
+            per row).
 
     Returns:
         ids_B: int64.
