@@ -28,6 +28,11 @@ from .backend import Generation, RefillRow, SamplingParams
 from .sampling import row_keys, sample
 
 
+REFILL_EVERY = 8
+"""Decode steps between two requests for joining rows (and whenever the batch has emptied):
+rows that came back within those steps are prefilled together, one forward instead of one each."""
+
+
 @dataclass
 class _Row:
     """One row's turn so far."""
@@ -65,7 +70,7 @@ class ContinuousBatch:
         pad_token_id: id of the left padding.
         device: where the batch lives.
         on_row_done: told ``(index, generation)`` as soon as a row stops.
-        refill: asked, after each decode step, for up to ``free`` more rows to join
+        refill: asked every :data:`REFILL_EVERY` decode steps for up to ``free`` more rows to join
             (:class:`~reopold_agent.rollout.backend.RefillRow`); None: no row joins.
         max_rows: rows the batch may hold at once.
     """
@@ -82,6 +87,8 @@ class ContinuousBatch:
         self.cache: Any = None
         self.attn_BL = torch.zeros((0, 0), dtype=torch.long, device=device)
         self.last_B = torch.zeros(0, dtype=torch.long, device=device)
+        self.keys_B = torch.zeros(0, dtype=torch.long, device=device)
+        """[B] the rows' sampling keys (:func:`~.sampling.row_keys`)."""
         self.done: dict[int, Generation] = {}
         self.admitted = 0
         """Rows admitted so far (the next one's index)."""
@@ -92,6 +99,7 @@ class ContinuousBatch:
         waiting = [RefillRow(p, n, s) for p, n, s in zip(prompts, budgets, seeds)]
         self._admit(waiting[:self.max_rows])
         waiting = waiting[self.max_rows:]
+        steps = 0
         while self.rows or waiting:
             if not self.rows:  # every row stopped at its first token; the waiting ones start
                 free = self.max_rows
@@ -102,21 +110,22 @@ class ContinuousBatch:
             pos_B1 = self.attn_BL.sum(-1, keepdim=True)  # a row's real tokens so far: its next position
             logits_BV = self._step(self.last_B[:, None], attn_BL, pos_B1, self.cache)
             self.attn_BL = attn_BL
-            keep, self.last_B = self._sample(self.rows, logits_BV)
+            keep, self.last_B = self._sample(self.rows, logits_BV, self.keys_B)
             self._keep(keep)
+            steps += 1
             free = self.max_rows - len(self.rows)
             joining, waiting = waiting[:free], waiting[free:]
-            if self.refill is not None and not waiting and free > len(joining):
+            asking = not self.rows or steps % REFILL_EVERY == 0
+            if self.refill is not None and asking and not waiting and free > len(joining):
                 joining += self.refill(free - len(joining))[:free - len(joining)]
             self._admit(joining)
         return [self.done[i] for i in sorted(self.done)]
 
-    def _sample(self, rows: list[_Row], logits_BV: Tensor) -> tuple[list[int], Tensor]:
+    def _sample(self, rows: list[_Row], logits_BV: Tensor, keys_B: Tensor) -> tuple[list[int], Tensor]:
         """Sample each row's next token at its own step, record it, hand over the rows that
         stopped; (the positions of the rows that go on, [B] the sampled tokens)."""
         logits_BV = logits_BV.float()
         logp_BV = F.log_softmax(logits_BV, dim=-1)
-        keys_B = row_keys([r.seed for r in rows], self.device)
         steps_B = torch.tensor([len(r.tokens) for r in rows], dtype=torch.long, device=self.device)
         next_B = sample(logits_BV, self.params, keys_B, steps_B)
         picked = torch.stack([next_B.to(logp_BV.dtype), logp_BV.gather(-1, next_B[:, None]).squeeze(-1),
@@ -141,7 +150,7 @@ class ContinuousBatch:
             return
         self.rows = [self.rows[b] for b in keep]
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.last_B, self.attn_BL = self.last_B[index], self.attn_BL[index]
+        self.last_B, self.attn_BL, self.keys_B = self.last_B[index], self.attn_BL[index], self.keys_B[index]
         if not keep:
             return
         lead = int(self.attn_BL.any(0).to(torch.int8).argmax())  # columns masked in every row
@@ -169,13 +178,15 @@ class ContinuousBatch:
         cache = self._new_cache()
         logits_NV = self._prefill([r.prompt for r in joining], ids_NL, attn_NL,
                                   (attn_NL.cumsum(-1) - 1).clamp(min=0), cache)
-        keep, next_N = self._sample(rows, logits_NV)
+        keys_N = row_keys([r.seed for r in joining], self.device)
+        keep, next_N = self._sample(rows, logits_NV, keys_N)
         if not keep:
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        new_last_N, attn_NL = next_N[index], attn_NL[index]
+        new_last_N, attn_NL, keys_N = next_N[index], attn_NL[index], keys_N[index]
         if self.cache is None or not self.rows:
             self.cache, self.rows, self.attn_BL, self.last_B = cache, [rows[n] for n in keep], attn_NL, new_last_N
+            self.keys_B = keys_N
             for layer in cache.layers:
                 layer.keys, layer.values = layer.keys[index], layer.values[index]
             return
@@ -187,4 +198,4 @@ class ContinuousBatch:
             layer.keys = torch.cat([F.pad(layer.keys, pad_old), F.pad(joined.keys[index], pad_new)])
             layer.values = torch.cat([F.pad(layer.values, pad_old), F.pad(joined.values[index], pad_new)])
         self.rows += [rows[n] for n in keep]
-        self.last_B = torch.cat([self.last_B, new_last_N])
+        self.last_B, self.keys_B = torch.cat([self.last_B, new_last_N]), torch.cat([self.keys_B, keys_N])
