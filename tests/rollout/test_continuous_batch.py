@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import gymnasium
 import pytest
 import torch
 
@@ -154,3 +155,61 @@ def test_episodes_back_from_their_tools_join_the_running_batch_with_the_same_tra
         assert a.token_ids == b.token_ids and a.end_reason == b.end_reason == "answered"
         assert b.tool_calls == 3 and _content(b) == _content(a)
     assert all(0 < free <= 4 for free in on.asked)
+
+
+class EchoEnv(gymnasium.Env):
+    """Every assistant turn gets a tool reply after ``delay_s`` (longer for some episodes), for
+    three rounds; then the episode ends. Whatever the model writes, episodes go on, so a random
+    model plays multi-turn episodes."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.rounds = 0
+        return [{"role": "user", "content": f"Echo {seed}."}], {"tools": []}
+
+    def step(self, action):
+        time.sleep(self.delay_s)
+        self.rounds += 1
+        if self.rounds > 3:
+            return [], 1.0, True, False, {}
+        return [{"role": "tool", "name": "echo", "content": action[-12:] or "empty"}], 0.0, False, False, {}
+
+
+class CountingBackend(HFGenerationBackend):
+    """Counts the rows that joined a running batch."""
+
+    joined = 0
+
+    def generate(self, *args, refill=None, **kwargs):
+        def counted(free):
+            rows = refill(free)
+            self.joined += len(rows)
+            return rows
+        return super().generate(*args, refill=None if refill is None else counted, **kwargs)
+
+
+def test_the_real_decode_loop_refills_rows_with_the_same_episodes():
+    """Engine, HF backend and a tiny Qwen2 end to end: episodes whose (slow or quick) tool came
+    back join the running batch, and every trajectory equals the one played in turn batches."""
+    tok, model = tiny.tokenizer(), tiny.model("nano")
+    eos_bias = torch.zeros(model.config.vocab_size)
+    eos_bias[tok.eos_token_id] = 4.0  # turns of a random model stop at different lengths
+    model.lm_head.register_forward_hook(lambda mod, args, out: out + eos_bias)
+    requests = [EpisodeRequest(seed=e, options={}) for e in range(8)]
+    runs = {}
+    for refill_rows in (False, True):
+        backend = CountingBackend(model, pad_token_id=tok.pad_token_id)
+        config = RolloutConfig(max_turn_tokens=40, max_episode_tokens=1024, max_turns=6, refill_rows=refill_rows,
+                               tool_batch_wait_s=0.0)
+        engine = RolloutEngine(backend, tok, config)
+        envs = [EchoEnv(0.05 if e % 3 else 0.0) for e in range(len(requests))]
+        runs[refill_rows] = (engine.run(envs, requests, seed=11), backend.joined)
+    (plain, joined_off), (refilled, joined_on) = runs[False], runs[True]
+    assert joined_off == 0 and joined_on > 0
+    assert sum(t.end_reason == "answered" for t in plain) >= 2  # multi-turn episodes, played to their end
+    for a, b in zip(plain, refilled):
+        assert a.token_ids == b.token_ids and a.end_reason == b.end_reason and a.turn == b.turn
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-5)
