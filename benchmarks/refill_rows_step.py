@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
+import sys
 from pathlib import Path
 
-from reopold_agent.cli import main as cli_main
-from reopold_agent.run_logging import read_metrics
-from reopold_agent.trajectory_io import read_trajectories
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import train_in_process  # noqa: E402 - this script's neighbour
 
 PARTS = (("generation", "time/rollout_generate_s"), ("environments", "time/rollout_env_s"),
          ("rollout", "time/rollout_s"), ("step", "time/step_s"))
@@ -27,20 +26,9 @@ PARTS = (("generation", "time/rollout_generate_s"), ("environments", "time/rollo
 
 def run(task: str, steps: int, refill: bool, overrides: list[str]) -> tuple[list[dict], list[list[int]]]:
     """(metrics rows of the steps after the first, every trajectory's token ids in order)."""
-    with tempfile.TemporaryDirectory() as out:
-        argv = ["train", "--task", task, "--steps", str(steps), "--output-dir", out,
-                "--set", "eval.num_problems=0", "--set", f"train.save_every={steps + 1}",
-                "--set", f"rollout.refill_rows={str(refill).lower()}"]
-        for item in overrides:
-            argv += ["--set", item]
-        if cli_main(argv) != 0:
-            raise SystemExit("training failed")
-        rows = [r for r in read_metrics(out) if "time/step_s" in r][1:]
-        tokens = []
-        for path in sorted((Path(out) / "trajectories").glob("step_*.jsonl")):
-            trajs, _ = read_trajectories(path)
-            tokens += [list(t.token_ids) for t in trajs]
-    return rows, tokens
+    rows, steps_trajectories = train_in_process(task, steps,
+                                                [f"rollout.refill_rows={str(refill).lower()}", *overrides])
+    return rows, [list(t.token_ids) for trajs in steps_trajectories for t in trajs]
 
 
 def main() -> None:

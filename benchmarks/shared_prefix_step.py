@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
+import sys
 from pathlib import Path
 
-from reopold_agent.cli import main as cli_main
-from reopold_agent.run_logging import read_metrics
-from reopold_agent.trajectory_io import read_trajectories
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_runs import train_in_process  # noqa: E402 - this script's neighbour
 
 PARTS = (("generation", "time/rollout_generate_s"), ("teacher", "time/teacher_s"), ("update", "time/update_s"),
          ("step", "time/step_s"))
 
 
-def run(task: str, steps: int, shared: bool, overrides: list[str]) -> tuple[list[dict], list[int]]:
+def run(task: str, steps: int, shared: bool, overrides: list[str]) -> tuple[list[dict], list[tuple[int, int]]]:
     """(metrics rows of the steps after the first, tokens per step computed with ``shared``)."""
-    with tempfile.TemporaryDirectory() as out:
-        argv = ["train", "--task", task, "--steps", str(steps), "--output-dir", out,
-                "--set", "eval.num_problems=0", "--set", f"train.save_every={steps + 1}",
-                "--set", f"model.shared_prefix={str(shared).lower()}"]
-        for item in overrides:
-            argv += ["--set", item]
-        if cli_main(argv) != 0:
-            raise SystemExit("training failed")
-        rows = [r for r in read_metrics(out) if "time/step_s" in r][1:]
-        tokens = []
-        for path in sorted((Path(out) / "trajectories").glob("step_*.jsonl")):
-            trajs, _ = read_trajectories(path)
-            whole = sum(t.num_tokens for t in trajs)
-            prompts = {tuple(t.token_ids[:t.loss_mask.index(1)]) for t in trajs if 1 in t.loss_mask}
-            own = sum(t.num_tokens - t.loss_mask.index(1) for t in trajs if 1 in t.loss_mask)
-            tokens.append((whole, sum(len(p) for p in prompts) + own))
+    rows, steps_trajectories = train_in_process(task, steps,
+                                                [f"model.shared_prefix={str(shared).lower()}", *overrides])
+    tokens = []
+    for trajs in steps_trajectories:
+        whole = sum(t.num_tokens for t in trajs)
+        prompts = {tuple(t.token_ids[:t.loss_mask.index(1)]) for t in trajs if 1 in t.loss_mask}
+        own = sum(t.num_tokens - t.loss_mask.index(1) for t in trajs if 1 in t.loss_mask)
+        tokens.append((whole, sum(len(p) for p in prompts) + own))
     return rows, tokens
 
 

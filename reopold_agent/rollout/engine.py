@@ -289,7 +289,11 @@ class RolloutEngine:
         to ``free`` episodes back from their tools, whose next turns join the running batch.
         """
         cfg = self.config
-        budgets = [min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)) for ep in active]
+
+        def budget(ep: _Episode) -> int:
+            return min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids))
+
+        budgets = [budget(ep) for ep in active]
         seeds = [episode_seed(seed, ep.index, ep.turn_index) for ep in active]
         taken: set[int] = set()
         outside = {"template_s": 0.0, "env_s": 0.0}  # spent in row_done, not in the model
@@ -308,14 +312,14 @@ class RolloutEngine:
 
         def refill(free: int) -> list[RefillRow]:
             t0 = time.perf_counter()
-            joining = more(free)
-            for ep in joining:
+            rows = []
+            for ep in more(free):
+                rows.append(RefillRow(list(ep.token_ids), budget(ep), episode_seed(seed, ep.index, ep.turn_index)))
                 active.append(ep)
-                budgets.append(min(cfg.max_turn_tokens, cfg.max_episode_tokens - len(ep.token_ids)))
-                seeds.append(episode_seed(seed, ep.index, ep.turn_index))
+                budgets.append(rows[-1].max_new_tokens)
+                seeds.append(rows[-1].seed)
             outside["template_s"] += time.perf_counter() - t0
-            return [RefillRow(list(ep.token_ids), budgets[-len(joining) + n], seeds[-len(joining) + n])
-                    for n, ep in enumerate(joining)]
+            return rows
 
         start = time.perf_counter()
         extra = [{"vision": ep.pixel_inputs()} if ep.images else None for ep in active]

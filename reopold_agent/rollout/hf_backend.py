@@ -38,7 +38,8 @@ continues every row at its own next position on all three axes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -126,20 +127,27 @@ class HFGenerationBackend(GenerationBackend):
                                             rows[start:end], done))
         return out
 
-    @torch.no_grad()
+    @contextmanager
+    def _sampling(self) -> Iterator[tuple[torch.device, int, int | None]]:
+        """The model in eval mode without gradients for one ``generate`` call, its mode and the
+        process's torch threads restored afterwards; yields (device, the process's threads, the
+        decode steps' threads or None to leave them)."""
+        device = next(self.model.parameters()).device
+        was_training, threads = self.model.training, torch.get_num_threads()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield device, threads, (self.cpu_threads if device.type == "cpu" else None)
+        finally:
+            self.model.train(was_training)
+            torch.set_num_threads(threads)
+
     def _generate_chunk(
         self, prompts: list[list[int]], budgets: list[int], params: SamplingParams, seeds: list[int], rows: list,
         on_row_done: Callable[[int, Generation], None] | None,
     ) -> list[Generation]:
-        device = next(self.model.parameters()).device
-        was_training, threads = self.model.training, torch.get_num_threads()
-        self.model.eval()
-        decode_threads = self.cpu_threads if device.type == "cpu" else None
-        try:
+        with self._sampling() as (device, _, decode_threads):
             return self._decode(prompts, budgets, params, seeds, rows, device, on_row_done, decode_threads)
-        finally:
-            self.model.train(was_training)
-            torch.set_num_threads(threads)
 
     def _continuous(self, rows: list) -> bool:
         """Whether rows can join a running batch: text rows over the growing cache, whose
@@ -148,36 +156,28 @@ class HFGenerationBackend(GenerationBackend):
             return False
         return mergeable(_new_cache(self.model))
 
-    @torch.no_grad()
     def _generate_continuous(self, prompts, budgets, params, seeds, on_row_done, refill) -> list[Generation]:
         """Decode with rows leaving as they stop and rows from ``refill`` joining
         (:class:`~.continuous_batch.ContinuousBatch`); prefills keep the process's threads,
         decode steps take ``cpu_threads``."""
-        device = next(self.model.parameters()).device
-        was_training, threads = self.model.training, torch.get_num_threads()
-        decode_threads = self.cpu_threads if device.type == "cpu" else None
-        self.model.eval()
+        with self._sampling() as (device, threads, decode_threads):
 
-        def prefill(prompts_N, ids, attn, pos, cache):
-            torch.set_num_threads(threads)
-            try:
-                return self._prefill(prompts_N, ids, attn, pos, cache, {})
-            finally:
-                if decode_threads is not None:
-                    torch.set_num_threads(decode_threads)
+            def prefill(prompts_N, ids, attn, pos, cache):
+                torch.set_num_threads(threads)
+                try:
+                    return self._prefill(prompts_N, ids, attn, pos, cache, {})
+                finally:
+                    if decode_threads is not None:
+                        torch.set_num_threads(decode_threads)
 
-        def step(ids, attn, pos, cache):
-            return self._forward_last(ids, attn, pos, cache, {})
+            def step(ids, attn, pos, cache):
+                return self._forward_last(ids, attn, pos, cache, {})
 
-        batch = ContinuousBatch(prefill=prefill, step=step, new_cache=lambda: _new_cache(self.model), params=params,
-                                pad_token_id=self.pad_token_id, device=device,
-                                on_row_done=on_row_done or (lambda b, gen: None), refill=refill,
-                                max_rows=self.max_batch_rows)
-        try:
+            batch = ContinuousBatch(prefill=prefill, step=step, new_cache=lambda: _new_cache(self.model),
+                                    params=params, pad_token_id=self.pad_token_id, device=device,
+                                    on_row_done=on_row_done or (lambda b, gen: None), refill=refill,
+                                    max_rows=self.max_batch_rows)
             return batch.run(prompts, budgets, seeds)
-        finally:
-            self.model.train(was_training)
-            torch.set_num_threads(threads)
 
     def _decode(self, prompts, budgets, params, seeds, rows, device, on_row_done, decode_threads) -> list[Generation]:
         """Decode B rows together; every row stops at its own stop token or budget.
