@@ -20,6 +20,8 @@ def test_default_preset_is_the_embedded_tool_math_run():
     config = resolve_config(build_parser().parse_args(["train", "--task", "tool_math"]))
     assert config.model.student is None and config.model.teacher is None
     assert config.objective.name == "reopold" and config.eval.num_problems >= 500
+    # a high rate while the embedded student is weak, small steps once its rewards are near zero
+    assert config.train.lr_decay == "cosine" and config.train.lr * config.train.final_lr_ratio <= 1e-4
 
 
 def test_visual_qa_vl_preset_fits_its_images():
