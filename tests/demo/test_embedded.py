@@ -96,23 +96,53 @@ def test_gold_conversations_are_solved_conversations():
     assert conv[2]["content"].startswith("<tool_call>") and conv[4]["content"].startswith("\\boxed{")
 
 
-def test_the_vision_language_recipe_builds_vl_checkpoints_through_both_stages(tmp_path, monkeypatch):
+def test_the_vision_language_recipe_builds_vl_checkpoints_through_both_stages(tmp_path, monkeypatch, sandbox):
+    """Both stages run for both roles, and each role stops by its accuracy on real visual_qa probe
+    episodes (image prompt, zoom tool, the recipe's image size), recorded in build.json."""
     from reopold_agent.vision.loading import is_vision_language, load_model, load_processor
     from reopold_agent.demo.tiny_vl import TINY_VL_SPECS
 
     sft = SupervisedConfig(steps=2, batch_size=2, lr=1e-3, warmup_steps=1)
-    recipe = dataclasses.replace(embedded.RECIPES["visual_qa"], teacher_spec=TINY_VL_SPECS["nano"],
-                                 student_spec=TINY_VL_SPECS["nano"], alignment_sft=sft, teacher_sft=sft,
-                                 student_sft=sft, num_conversations=6)
+    shipped = embedded.RECIPES["visual_qa"]
+    probe = dataclasses.replace(shipped.probe, num_problems=2,
+                                rollout=dataclasses.replace(shipped.probe.rollout, max_turn_tokens=4))
+    target = embedded.AccuracyTarget(low=0.0, first_check=2, every=1, fine_every=1, max_steps=2)
+    recipe = dataclasses.replace(shipped, teacher_spec=TINY_VL_SPECS["nano"], student_spec=TINY_VL_SPECS["nano"],
+                                 alignment_sft=sft, teacher_sft=sft, student_sft=sft, num_conversations=6,
+                                 probe=probe, teacher_target=target, student_target=target)
     monkeypatch.setitem(embedded.RECIPES, "visual_qa", recipe)
     logs = []
-    built = embedded.ensure_embedded_models("visual_qa", tmp_path, log=logs.append)
+    built = embedded.ensure_embedded_models("visual_qa", tmp_path, sandbox=sandbox, log=logs.append)
     assert any("teacher alignment" in line for line in logs) and any("student sft" in line for line in logs)
+    report = json.loads((built.teacher.parent / "build.json").read_text())
+    for role in ("teacher", "student"):
+        assert report[role]["steps"] == 2 and report[role]["measurements"] == [[2, 0.0]]
+        assert any(line.startswith(f"  {role}: step 2: 0.0% of the probe problems") for line in logs)
     for path in (built.teacher, built.student):
         assert is_vision_language(path)
         load_model(path, dtype=torch.float32, role="student")
         processor = load_processor(path)
         assert processor.image_processor.merge_size == 2
+
+
+@pytest.mark.parametrize("task", sorted(embedded.RECIPES))
+def test_every_embedded_recipe_stops_by_measurement_under_its_presets_conditions(task):
+    """A fixed step count lands at different accuracies on other CPUs and library versions, so
+    every shipped recipe stops each role by measured accuracy. The probe plays the episodes the
+    preset plays: the same environment settings and turn budgets, greedily."""
+    from reopold_agent.cli import build_parser, resolve_config
+
+    recipe = embedded.RECIPES[task]
+    assert recipe.teacher_target is not None and recipe.teacher_target.low >= 0.95
+    band = recipe.student_target
+    assert band is not None and 0 < band.low < band.high < recipe.teacher_target.low
+    assert recipe.student_sft.stop_after is None  # the band decides where the student stops
+    config = resolve_config(build_parser().parse_args(["train", "--task", task]))
+    preset_env = {k: v for k, v in config.task.env_kwargs.items() if k not in ("eval_size",)}
+    assert recipe.probe.env_kwargs == preset_env
+    for field in ("max_turn_tokens", "max_episode_tokens", "max_turns"):
+        assert getattr(recipe.probe.rollout, field) == getattr(config.rollout, field), field
+    assert recipe.probe.rollout.temperature == 0.0
 
 
 def test_alignment_conversations_pair_the_zoomed_cell_with_its_colour():
