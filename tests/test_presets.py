@@ -24,6 +24,12 @@ def test_default_preset_is_the_embedded_tool_math_run():
     assert config.train.lr_decay == "cosine" and config.train.lr * config.train.final_lr_ratio <= 1e-4
 
 
+def test_visual_qa_default_decays_its_learning_rate():
+    config = resolve_config(build_parser().parse_args(["train", "--task", "visual_qa"]))
+    assert config.model.student is None and config.task.env_kwargs["level"] == "dots"
+    assert config.train.lr_decay == "cosine" and config.train.lr <= 1e-4
+
+
 def test_visual_qa_vl_preset_fits_its_images():
     """Qwen2.5-VL-3B from 7B on visual_qa scenes: a scene keeps its full resolution, and the
     episode budget holds the most images an episode can show with room for the turns."""
