@@ -110,9 +110,9 @@ RECIPES: dict[str, EmbeddedRecipe] = {
     # teacher (0.6M) trains until it zooms and answers at least 95% of the probe items greedily.
     # The student (0.34M, narrower language and vision towers) follows the same schedule and is
     # stopped once it solves 40-70% greedily: past copying the cell's box into its zoom call,
-    # not yet reading the zoomed colour reliably. Its accuracy climbs in steps (near 20% for
-    # 100 steps, then a jump to ~55% within 25 steps), so a fixed step count lands below or
-    # above that stage on another CPU or library version.
+    # not yet reading the zoomed colour reliably. Its accuracy climbs in steps (20-35% for 100
+    # steps, then 55% 25 steps later, in one build), so a fixed step count lands below or above
+    # that stage on another CPU or library version.
     "visual_qa": EmbeddedRecipe(
         task="visual_qa",
         teacher_spec=TinyVLSpec(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
